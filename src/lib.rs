@@ -1,0 +1,1 @@
+//! ccm-twin library.

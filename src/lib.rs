@@ -29,6 +29,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod ccm;
 pub mod config;
 pub mod dataset;
+pub mod fno;
 pub mod pde;

@@ -1,0 +1,7 @@
+//! The Fourier neural operator experts: the architecture contract ([`spec`]) and an independent
+//! reference forward ([`reference`]). Training and ONNX export build on these.
+
+pub mod reference;
+pub mod spec;
+
+pub use spec::{DftBases, FnoConfig, Normalization};

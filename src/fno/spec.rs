@@ -75,16 +75,10 @@ impl FnoConfig {
         }
         if self.modes == 0 || 2 * self.modes > self.n {
             return bad(format!(
-                "modes = {} must be in 1..={} for a {}-cell grid (both corners of rows must fit)",
+                "modes = {} must be in 1..={} for a {}-cell grid (both row corners must fit; columns stay below Nyquist)",
                 self.modes,
                 self.n / 2,
                 self.n
-            ));
-        }
-        if self.modes >= self.n / 2 + 1 {
-            return bad(format!(
-                "modes = {} reaches the Nyquist column of n = {}",
-                self.modes, self.n
             ));
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! The Fourier neural operator experts: the architecture contract ([`spec`]) and an independent
 //! reference forward ([`reference`]). Training and ONNX export build on these.
 
+pub mod onnx;
 pub mod reference;
 pub mod spec;
 

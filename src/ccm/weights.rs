@@ -78,6 +78,8 @@ impl fmt::Display for LayoutMismatch {
     }
 }
 
+impl std::error::Error for LayoutMismatch {}
+
 /// Why a weight set could not be built or used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WeightError {

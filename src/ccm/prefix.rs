@@ -1,0 +1,584 @@
+//! CCM-Prefix: reading `α` out of the first `K` observed frames, with a stability guard and an
+//! optional calibrated prior.
+//!
+//! For each candidate `α` the merged model `θ(α)` is rolled forward from the first `T_in`
+//! observed frames through the rest of the prefix, and its error against the observed frames is
+//! recorded (over observed cells only, when a sensor mask is given). The search is a coarse scan
+//! of the interval followed by a golden-section refinement around the best coarse point, so a
+//! non-convex error curve cannot trap it at a far local minimum.
+//!
+//! The prefix error is a biased proxy for the long-horizon error: merges far along the line can
+//! fit the first frames slightly better and then drift or blow up. Two remedies, both ours:
+//! * **guard** — each candidate is rolled `guard_steps` further than the prefix; a candidate whose
+//!   state becomes non-finite, or whose norm grows past `max_growth` times its largest norm within
+//!   the prefix, is rejected;
+//! * **prior** — among the candidates within `tolerance` of the best prefix error (evidence that
+//!   cannot tell them apart), the one closest to the calibrated prior is taken, instead of trusting
+//!   either the prefix or the prior alone.
+//!
+//! The readout needs rollouts but stays free of any runtime: it asks for the small [`Rollout`]
+//! trait, which the inference layer implements.
+
+use serde::{Deserialize, Serialize};
+
+use super::line::Line;
+use super::readout::Interval;
+use super::weights::{LayoutMismatch, WeightSet};
+
+/// What the prefix readout needs from a runtime.
+pub trait Rollout {
+    /// The runtime's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Deploys `theta` and rolls forward `steps` steps from `initial` (the first `T_in` frames,
+    /// oldest first), writing the predicted frames into `out` (`steps × frame_len`).
+    fn rollout(
+        &mut self,
+        theta: &WeightSet,
+        initial: &[f32],
+        steps: usize,
+        out: &mut [f32],
+    ) -> Result<(), Self::Error>;
+}
+
+/// The observed prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// `K` frames, oldest first (`K × frame_len`). Unobserved cells may hold anything finite
+    /// when a mask is given; the first `T_in` frames must be complete (they start the rollout).
+    pub frames: &'a [f32],
+    /// Values per frame.
+    pub frame_len: usize,
+    /// Frames the model takes in.
+    pub t_in: usize,
+    /// `frame_len` flags: which cells are observed (all, when `None`).
+    pub mask: Option<&'a [bool]>,
+}
+
+impl Observation<'_> {
+    /// Number of frames `K`.
+    pub fn len(&self) -> usize {
+        self.frames.len() / self.frame_len
+    }
+
+    /// Whether the prefix holds no frames.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// Settings of the prefix readout.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PrefixConfig {
+    /// Interval searched.
+    pub interval: Interval,
+    /// Points of the coarse scan (ends included).
+    pub coarse: usize,
+    /// Golden-section iterations after the scan.
+    pub refine: usize,
+    /// Steps rolled past the prefix for the guard (0 switches the guard off).
+    pub guard_steps: usize,
+    /// Largest allowed ratio of a guard frame's norm to the largest predicted prefix frame's.
+    pub max_growth: f64,
+    /// Relative prefix-error tolerance within which the prior decides.
+    pub tolerance: f64,
+    /// Relative error band that defines the reported confidence interval.
+    pub confidence_band: f64,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        PrefixConfig {
+            interval: Interval::DEFAULT,
+            coarse: 17,
+            refine: 8,
+            guard_steps: 4,
+            max_growth: 1.5,
+            tolerance: 0.05,
+            confidence_band: 0.10,
+        }
+    }
+}
+
+/// Why a candidate was rejected by the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Rejection {
+    /// The rollout produced NaN or infinite values.
+    NonFinite,
+    /// The state's norm grew by this factor past the prefix.
+    Growth {
+        /// The growth ratio.
+        ratio: f64,
+    },
+}
+
+/// One evaluated coordinate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Coordinate.
+    pub alpha: f64,
+    /// Relative L2 error on the prefix (observed cells, frames after the first `T_in`).
+    pub error: f64,
+    /// Set when the guard rejected it.
+    pub rejected: Option<Rejection>,
+}
+
+/// The outcome of a prefix readout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefixReadout {
+    /// The chosen coordinate.
+    pub alpha: f64,
+    /// Its prefix error.
+    pub error: f64,
+    /// The coordinate with the smallest prefix error, guard and prior ignored.
+    pub unguarded_alpha: f64,
+    /// Coordinates whose (accepted) prefix error is within `confidence_band` of the best:
+    /// `[lo, hi]`. A narrow interval is a confident readout.
+    pub confidence: Interval,
+    /// Every evaluated candidate, sorted by `α`.
+    pub curve: Vec<Candidate>,
+    /// The prior the choice was shrunk towards, if any.
+    pub prior: Option<f64>,
+}
+
+impl PrefixReadout {
+    /// Whether the chosen merge extrapolates past the endpoints (`|α| > 1`).
+    pub fn extrapolates(&self) -> bool {
+        self.alpha.abs() > 1.0
+    }
+}
+
+/// Why the readout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefixError<E: std::error::Error + 'static> {
+    /// The runtime failed.
+    #[error("rollout failed: {0}")]
+    Rollout(#[source] E),
+    /// The weight buffer does not match the line.
+    #[error("weight buffer does not match the experts: {0}")]
+    Layout(#[from] LayoutMismatch),
+    /// The prefix is too short or malformed.
+    #[error("bad prefix: {0}")]
+    BadPrefix(String),
+    /// Every candidate was rejected by the guard.
+    #[error(
+        "every candidate α in [{lo}, {hi}] went unstable past the prefix; no merge is safe to deploy"
+    )]
+    AllRejected {
+        /// Interval searched.
+        lo: f64,
+        /// Interval searched.
+        hi: f64,
+    },
+}
+
+struct Search<'a, R: Rollout> {
+    line: &'a Line,
+    buffer: &'a mut WeightSet,
+    model: &'a mut R,
+    obs: Observation<'a>,
+    cfg: &'a PrefixConfig,
+    scratch: Vec<f32>,
+    evaluated: Vec<Candidate>,
+}
+
+impl<R: Rollout> Search<'_, R> {
+    fn evaluate(&mut self, alpha: f64) -> Result<Candidate, PrefixError<R::Error>> {
+        if let Some(c) = self.evaluated.iter().find(|c| c.alpha == alpha) {
+            return Ok(*c);
+        }
+        let (fl, t_in) = (self.obs.frame_len, self.obs.t_in);
+        let k = self.obs.len();
+        let prefix_steps = k - t_in;
+        let steps = prefix_steps + self.cfg.guard_steps;
+        self.line.merge_into(alpha as f32, self.buffer)?;
+        self.model
+            .rollout(
+                self.buffer,
+                &self.obs.frames[..t_in * fl],
+                steps,
+                &mut self.scratch,
+            )
+            .map_err(PrefixError::Rollout)?;
+        let predicted = &self.scratch[..steps * fl];
+        let observed = &self.obs.frames[t_in * fl..];
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (i, (p, o)) in predicted[..prefix_steps * fl]
+            .iter()
+            .zip(observed)
+            .enumerate()
+        {
+            if self.obs.mask.is_none_or(|m| m[i % fl]) {
+                num += (*p as f64 - *o as f64).powi(2);
+                den += (*o as f64).powi(2);
+            }
+        }
+        let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+        let norm = |f: &[f32]| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let rejected = if predicted.iter().any(|x| !x.is_finite()) || !error.is_finite() {
+            Some(Rejection::NonFinite)
+        } else if self.cfg.guard_steps > 0 {
+            let inside = predicted[..prefix_steps * fl]
+                .chunks(fl)
+                .map(norm)
+                .fold(0.0, f64::max)
+                .max(norm(&self.obs.frames[(t_in - 1) * fl..t_in * fl]));
+            let past = predicted[prefix_steps * fl..]
+                .chunks(fl)
+                .map(norm)
+                .fold(0.0, f64::max);
+            let ratio = past / inside.max(f64::MIN_POSITIVE);
+            (ratio > self.cfg.max_growth).then_some(Rejection::Growth { ratio })
+        } else {
+            None
+        };
+        let c = Candidate {
+            alpha,
+            error: if error.is_finite() {
+                error
+            } else {
+                f64::INFINITY
+            },
+            rejected,
+        };
+        self.evaluated.push(c);
+        Ok(c)
+    }
+
+    fn score(c: &Candidate) -> f64 {
+        if c.rejected.is_some() {
+            f64::INFINITY
+        } else {
+            c.error
+        }
+    }
+}
+
+/// Reads `α` out of an observed prefix. `buffer` receives the merges (it ends holding the last
+/// candidate evaluated, not the choice: merge the returned `α` to deploy it).
+pub fn read_prefix<R: Rollout>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    obs: Observation<'_>,
+    prior: Option<f64>,
+    cfg: &PrefixConfig,
+) -> Result<PrefixReadout, PrefixError<R::Error>> {
+    let fl = obs.frame_len;
+    if fl == 0 || obs.frames.len() % fl != 0 {
+        return Err(PrefixError::BadPrefix(format!(
+            "{} values is not a whole number of {fl}-value frames",
+            obs.frames.len()
+        )));
+    }
+    if obs.len() <= obs.t_in {
+        return Err(PrefixError::BadPrefix(format!(
+            "{} frames observed, need more than T_in = {}",
+            obs.len(),
+            obs.t_in
+        )));
+    }
+    if obs.mask.is_some_and(|m| m.len() != fl) {
+        return Err(PrefixError::BadPrefix(
+            "mask length differs from the frame length".into(),
+        ));
+    }
+    let steps = obs.len() - obs.t_in + cfg.guard_steps;
+    let mut s = Search {
+        line,
+        buffer,
+        model,
+        obs,
+        cfg,
+        scratch: vec![0.0; steps * fl],
+        evaluated: Vec::new(),
+    };
+    let (lo, hi) = (cfg.interval.lo, cfg.interval.hi);
+    let n = cfg.coarse.max(2);
+    let grid: Vec<f64> = (0..n)
+        .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+        .collect();
+    let mut best = 0;
+    for (i, &a) in grid.iter().enumerate() {
+        let c = s.evaluate(a)?;
+        if Search::<R>::score(&c) < Search::<R>::score(&s.evaluated[best]) {
+            best = i;
+        }
+    }
+    if s.evaluated.iter().all(|c| c.rejected.is_some()) {
+        return Err(PrefixError::AllRejected { lo, hi });
+    }
+    // golden-section refinement in the bracket around the best coarse point
+    let (mut a, mut b) = (grid[best.saturating_sub(1)], grid[(best + 1).min(n - 1)]);
+    let phi = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut x1, mut x2) = (b - phi * (b - a), a + phi * (b - a));
+    let (mut f1, mut f2) = (
+        Search::<R>::score(&s.evaluate(x1)?),
+        Search::<R>::score(&s.evaluate(x2)?),
+    );
+    for _ in 0..cfg.refine {
+        if f1 <= f2 {
+            b = x2;
+            x2 = x1;
+            f2 = f1;
+            x1 = b - phi * (b - a);
+            f1 = Search::<R>::score(&s.evaluate(x1)?);
+        } else {
+            a = x1;
+            x1 = x2;
+            f1 = f2;
+            x2 = a + phi * (b - a);
+            f2 = Search::<R>::score(&s.evaluate(x2)?);
+        }
+    }
+    let mut curve = s.evaluated;
+    curve.sort_by(|x, y| x.alpha.total_cmp(&y.alpha));
+    let accepted: Vec<&Candidate> = curve.iter().filter(|c| c.rejected.is_none()).collect();
+    let best = accepted
+        .iter()
+        .min_by(|x, y| x.error.total_cmp(&y.error))
+        .copied()
+        .expect("at least one accepted candidate");
+    let unguarded = curve
+        .iter()
+        .min_by(|x, y| x.error.total_cmp(&y.error))
+        .expect("non-empty curve");
+    let band: Vec<&&Candidate> = accepted
+        .iter()
+        .filter(|c| c.error <= best.error * (1.0 + cfg.confidence_band))
+        .collect();
+    let confidence = Interval {
+        lo: band.iter().map(|c| c.alpha).fold(f64::INFINITY, f64::min),
+        hi: band
+            .iter()
+            .map(|c| c.alpha)
+            .fold(f64::NEG_INFINITY, f64::max),
+    };
+    let chosen = match prior {
+        Some(p) => {
+            let p = cfg.interval.clip(p);
+            accepted
+                .iter()
+                .filter(|c| c.error <= best.error * (1.0 + cfg.tolerance))
+                .min_by(|x, y| (x.alpha - p).abs().total_cmp(&(y.alpha - p).abs()))
+                .copied()
+                .unwrap_or(best)
+        }
+        None => best,
+    };
+    Ok(PrefixReadout {
+        alpha: chosen.alpha,
+        error: chosen.error,
+        unguarded_alpha: unguarded.alpha,
+        confidence,
+        curve,
+        prior,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scalar "model": the single weight `g` is a growth factor, `x_{k+1} = g·x_k`.
+    struct Growth;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Rollout for Growth {
+        type Error = Never;
+        fn rollout(
+            &mut self,
+            theta: &WeightSet,
+            initial: &[f32],
+            steps: usize,
+            out: &mut [f32],
+        ) -> Result<(), Never> {
+            let g = theta.data()[0];
+            let mut x = initial[0];
+            for o in out.iter_mut().take(steps) {
+                x *= g;
+                *o = x;
+            }
+            Ok(())
+        }
+    }
+
+    fn line(g_low: f32, g_high: f32) -> Line {
+        let w = |g: f32| WeightSet::from_tensors([("g".to_string(), vec![1], vec![g])]).unwrap();
+        Line::through_endpoints(w(g_low), w(g_high)).unwrap()
+    }
+
+    fn frames(g: f64, k: usize) -> Vec<f32> {
+        (0..k).map(|i| g.powi(i as i32) as f32).collect()
+    }
+
+    #[test]
+    fn recovers_the_coordinate_of_a_clean_prefix() {
+        // g(α) = 1.0 + 0.05·(α + 1): α = 0.6 ↔ g = 1.08; no guard needed at this growth
+        let l = line(1.0, 1.1);
+        let mut buf = l.buffer();
+        let obs_frames = frames(1.08, 4);
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let cfg = PrefixConfig {
+            max_growth: 10.0,
+            ..Default::default()
+        };
+        let r = read_prefix(&l, &mut buf, &mut Growth, obs, None, &cfg).unwrap();
+        assert!((r.alpha - 0.6).abs() < 0.02, "{r:?}");
+        assert!(r.error < 1e-3);
+        assert!(r.confidence.lo <= r.alpha && r.alpha <= r.confidence.hi);
+        assert!(!r.extrapolates());
+        assert!(r.curve.windows(2).all(|w| w[0].alpha < w[1].alpha));
+    }
+
+    #[test]
+    fn the_guard_rejects_a_diverging_merge_the_unguarded_readout_picks() {
+        // g(α) = 1 + 0.12α. The noisy prefix fits best at α ≈ 1.8 (g ≈ 1.22), whose norm more
+        // than doubles within four steps past the prefix; the guard keeps α where growth ≤ 1.5.
+        let l = line(0.88, 1.12);
+        let mut buf = l.buffer();
+        let obs_frames = [1.0, 1.26, 1.5, 1.8];
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let unguarded = PrefixConfig {
+            guard_steps: 0,
+            ..Default::default()
+        };
+        let r0 = read_prefix(&l, &mut buf, &mut Growth, obs, None, &unguarded).unwrap();
+        let r1 = read_prefix(
+            &l,
+            &mut buf,
+            &mut Growth,
+            obs,
+            None,
+            &PrefixConfig::default(),
+        )
+        .unwrap();
+        assert!(
+            r0.alpha > 1.6,
+            "unguarded picks the diverging merge: {}",
+            r0.alpha
+        );
+        assert_eq!(
+            r1.unguarded_alpha,
+            r1.curve
+                .iter()
+                .min_by(|a, b| a.error.total_cmp(&b.error))
+                .unwrap()
+                .alpha
+        );
+        assert!(r1.unguarded_alpha > 1.6);
+        let g = 1.0 + 0.12 * r1.alpha;
+        assert!(
+            g.powi(4) <= 1.5 + 1e-9,
+            "guarded choice must be stable: α = {}",
+            r1.alpha
+        );
+        assert!(
+            r1.alpha > 0.8,
+            "and still the best stable fit: α = {}",
+            r1.alpha
+        );
+        assert!(
+            r1.curve
+                .iter()
+                .any(|c| matches!(c.rejected, Some(Rejection::Growth { .. })))
+        );
+    }
+
+    #[test]
+    fn the_prior_decides_among_indistinguishable_candidates() {
+        // a flat error curve: x stays put whatever g is when the start is 0
+        let l = line(0.9, 1.1);
+        let mut buf = l.buffer();
+        let obs_frames = [0.0, 0.0, 0.0, 0.0, 1e-30];
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let cfg = PrefixConfig {
+            guard_steps: 0,
+            ..Default::default()
+        };
+        let r = read_prefix(&l, &mut buf, &mut Growth, obs, Some(-0.7), &cfg).unwrap();
+        assert!((r.alpha - (-0.7)).abs() <= 0.25 + 1e-9, "{}", r.alpha);
+        assert_eq!(r.prior, Some(-0.7));
+    }
+
+    #[test]
+    fn a_mask_limits_the_error_to_observed_cells() {
+        // two cells; the second is unobserved garbage
+        struct Pair;
+        impl Rollout for Pair {
+            type Error = Never;
+            fn rollout(
+                &mut self,
+                theta: &WeightSet,
+                initial: &[f32],
+                steps: usize,
+                out: &mut [f32],
+            ) -> Result<(), Never> {
+                let g = theta.data()[0];
+                let (mut x, y) = (initial[0], initial[1]);
+                for k in 0..steps {
+                    x *= g;
+                    out[2 * k] = x;
+                    out[2 * k + 1] = y;
+                }
+                Ok(())
+            }
+        }
+        let l = line(1.0, 1.1);
+        let mut buf = l.buffer();
+        let obs_frames = [1.0, 5.0, 1.08, -40.0, 1.1664, 77.0];
+        let mask = [true, false];
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 2,
+            t_in: 1,
+            mask: Some(&mask),
+        };
+        let cfg = PrefixConfig {
+            max_growth: 100.0,
+            ..Default::default()
+        };
+        let r = read_prefix(&l, &mut buf, &mut Pair, obs, None, &cfg).unwrap();
+        assert!((r.alpha - 0.6).abs() < 0.02, "{}", r.alpha);
+    }
+
+    #[test]
+    fn short_prefixes_are_refused() {
+        let l = line(1.0, 1.1);
+        let mut buf = l.buffer();
+        let obs = Observation {
+            frames: &[1.0],
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let err = read_prefix(
+            &l,
+            &mut buf,
+            &mut Growth,
+            obs,
+            None,
+            &PrefixConfig::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("need more than T_in = 1"), "{err}");
+    }
+}

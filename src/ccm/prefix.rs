@@ -265,7 +265,7 @@ pub fn read_prefix<R: Rollout>(
     cfg: &PrefixConfig,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
     let fl = obs.frame_len;
-    if fl == 0 || obs.frames.len() % fl != 0 {
+    if fl == 0 || !obs.frames.len().is_multiple_of(fl) {
         return Err(PrefixError::BadPrefix(format!(
             "{} values is not a whole number of {fl}-value frames",
             obs.frames.len()

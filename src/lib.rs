@@ -33,4 +33,5 @@ pub mod ccm;
 pub mod config;
 pub mod dataset;
 pub mod fno;
+pub mod infer;
 pub mod pde;

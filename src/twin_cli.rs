@@ -170,7 +170,8 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
         Some(addr) => addr,
         None => {
             let embedded = EmbeddedBroker::start(args.embedded_port)
-                .map_err(|e: BrokerError| anyhow::Error::new(e))?;
+                .map_err(|e: BrokerError| anyhow::Error::new(e))
+                .context("starting the embedded MQTT broker (pass --broker HOST:PORT to use a running one)")?;
             eprintln!(
                 "embedded MQTT broker listening on {} (it stops when this command ends)",
                 embedded.addr()

@@ -199,3 +199,50 @@ async fn a_subscribing_link_receives_and_subscribes_again_after_a_broker_restart
     publisher.close().await;
     sub.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_broker_restarts_are_resent_not_lost() {
+    let mut broker = Mosquitto::start_persistent();
+    let mut sub = Subscriber::connect(broker.addr(), "ccm/+/frames", Some("in-flight-sub")).await;
+    let n = 1500_u32;
+    let mut opts = LinkOptions::new(broker.addr().into(), "in-flight-pub");
+    opts.buffer = n as usize; // room for everything: this test is about resending, not dropping
+    opts.retry_min = Duration::from_millis(50);
+    let link = MqttLink::start(opts).unwrap();
+    assert!(link.wait_connected(WAIT).await);
+    let mut restarted_with = None;
+    for i in 0..n {
+        let mut payload = vec![0_u8; 8 * 1024];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        link.publish_to(Topic::Frames, "st-f", payload).unwrap();
+        if i == n / 2 {
+            restarted_with = Some(link.stats().queued);
+            broker.restart();
+        }
+    }
+    link.flush(Duration::from_secs(20)).await.unwrap();
+    let stats = link.stats();
+    assert!(
+        restarted_with.unwrap() > 0 && stats.requeued > 0,
+        "nothing was in flight at the restart: {stats:?}"
+    );
+    assert_eq!(
+        (stats.delivered, stats.connections),
+        (u64::from(n), 2),
+        "{stats:?}"
+    );
+    assert_eq!(stats.dropped_oldest + stats.dropped_undeliverable, 0);
+
+    let mut seen = vec![false; n as usize];
+    let mut distinct = 0;
+    while distinct < n {
+        let Some(m) = sub.recv(WAIT).await else {
+            let missing: Vec<_> = (0..n).filter(|&i| !seen[i as usize]).take(10).collect();
+            panic!("{distinct} of {n} arrived; missing e.g. {missing:?}; {stats:?}");
+        };
+        let i = u32::from_le_bytes(m.payload[..4].try_into().unwrap());
+        if !std::mem::replace(&mut seen[i as usize], true) {
+            distinct += 1;
+        }
+    }
+}

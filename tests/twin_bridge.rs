@@ -3,7 +3,7 @@
 //! while the broker is away the bounded buffer keeps the newest frames and counts what it drops;
 //! after the broker restarts the bridge reconnects and delivers what it kept.
 
-mod common;
+mod mqtt_support;
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,10 +14,10 @@ use ccm_twin::twin::bridge::{
     Bridge, BridgeMonitor, BridgeOptions, BridgeStats, Input, InputSource,
 };
 use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
-use common::{Mosquitto, Subscriber, cobs};
 use firmware_bridge::{
     Channels, GridShape, Sampling, SensorFrame, Values, WireMessage, decode_frame,
 };
+use mqtt_support::{Mosquitto, Subscriber, cobs};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -110,7 +110,7 @@ impl RunningBridge {
     }
 }
 
-fn seqs(msgs: &[common::Msg]) -> Vec<u32> {
+fn seqs(msgs: &[mqtt_support::Msg]) -> Vec<u32> {
     msgs.iter()
         .map(|m| decode_frame(&m.payload).unwrap().seq)
         .collect()

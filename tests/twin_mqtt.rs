@@ -2,14 +2,14 @@
 //! brokers; a broker that is down at start is reported and reached once it is up; oversized
 //! messages are refused before they can break a connection.
 
-mod common;
+mod mqtt_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ccm_twin::twin::mqtt::{LinkOptions, MqttError, MqttLink};
-use common::{Mosquitto, Subscriber};
 use firmware_bridge::topic::{QoS, Topic};
+use mqtt_support::{Mosquitto, Subscriber};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -2,7 +2,7 @@
 //! `run_simulation` (and by `ccm-twin simulate`) arrive at a separate subscriber and decode to
 //! exactly the solver's frames (dense, sparse points, quantised, noisy, with drops).
 
-mod common;
+mod mqtt_support;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -12,8 +12,8 @@ use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::pde;
 use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
 use ccm_twin::twin::simulator::{Pacing, SimulatorOptions, StationSimulator, run_simulation};
-use common::{Mosquitto, Subscriber, tiny, tiny_toml};
 use firmware_bridge::{GridShape, Sampling, Values, decode_frame};
+use mqtt_support::{Mosquitto, Subscriber, tiny, tiny_toml};
 
 /// 2023-11-14T22:13:20Z in µs.
 const T0: u64 = 1_700_000_000_000_000;

@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests that need a real MQTT broker: a Mosquitto started on
-//! a free loopback port (and stopped on drop), a plain rumqttc subscriber that knows nothing of
-//! the code under test, and tiny family configs.
+//! Helpers for the integration tests that need a real MQTT broker (`mod mqtt_support;`): a
+//! Mosquitto started on a free loopback port (and stopped on drop), a plain rumqttc subscriber
+//! that knows nothing of the code under test, and tiny family configs.
 #![allow(dead_code)]
 
 pub mod mosquitto;

@@ -9,7 +9,9 @@
 //!   validated with errors that name the offending key;
 //! * [`pde`] — the three PDE families (Navier–Stokes, FitzHugh–Nagumo reaction–diffusion, shallow-water
 //!   dam break): solvers checked against exact solutions and conservation laws;
-//! * [`dataset`] — reproducible trajectory datasets (`.npy` + JSON manifest) for every split.
+//! * [`dataset`] — reproducible trajectory datasets (`.npy` + JSON manifest) for every split;
+//! * [`twin`] — the edge side, the only module that owns IO and time: the MQTT link, the
+//!   embedded broker, the station simulator and the serial/UDP bridge.
 //!
 //! The key design decision of the offline half is that every number a later stage depends on is
 //! reproducible from a seed and a config: a dataset directory records the full config it was made
@@ -35,3 +37,4 @@ pub mod dataset;
 pub mod fno;
 pub mod infer;
 pub mod pde;
+pub mod twin;

@@ -9,6 +9,8 @@ use ccm_twin::dataset::{self, DatasetError, GenerateOptions, Split};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod twin_cli;
+
 #[derive(Parser)]
 #[command(
     name = "ccm-twin",
@@ -57,6 +59,10 @@ enum Command {
         /// Family.
         family: Family,
     },
+    /// Simulate a sensor station: run a family's solver and publish its frames on MQTT.
+    Simulate(twin_cli::SimulateArgs),
+    /// Forward COBS-framed sensor frames from stdin, UDP or a serial device to MQTT.
+    Bridge(twin_cli::BridgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
                         e.downcast_ref::<DatasetError>(),
                         Some(DatasetError::Config(_))
                     )
+                    || twin_cli::is_bad_input(e)
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -79,9 +86,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: u8) {
+    // The embedded broker (rumqttd) logs an ERROR for every clean disconnect: its logs show only
+    // with -vv or RUST_LOG.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,rumqttd=off",
+        1 => "info,rumqttd=off",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -132,6 +141,8 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", family.builtin_toml());
             Ok(())
         }
+        Command::Simulate(args) => twin_cli::simulate(args),
+        Command::Bridge(args) => twin_cli::bridge(args),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The Fourier neural operator experts: the architecture contract ([`spec`]) and an independent
-//! reference forward ([`reference`]). Training and ONNX export build on these.
+//! reference forward ([`mod@reference`]). Training and ONNX export build on these.
 
 pub mod onnx;
 pub mod reference;

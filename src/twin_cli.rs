@@ -1,0 +1,240 @@
+//! The `simulate` and `bridge` subcommands of the `ccm-twin` binary: argument parsing and glue
+//! around `ccm_twin::twin`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ccm_twin::config::{Family, FamilyConfig};
+use ccm_twin::twin::bridge::{Bridge, BridgeError, BridgeOptions, Input, InputSource};
+use ccm_twin::twin::broker::{BrokerError, EmbeddedBroker};
+use ccm_twin::twin::mqtt::{BrokerAddress, LinkOptions, MqttError, MqttLink};
+use ccm_twin::twin::simulator::{
+    self, Encoding, Pacing, Sensors, SimulatorError, SimulatorOptions, StationSimulator,
+};
+
+/// How long the commands wait at the end for the broker to acknowledge what is queued.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// Family: navier_stokes, reaction_diffusion or dam_break.
+    #[arg(long)]
+    family: Family,
+    /// The regime parameter p (ν, D_u or Manning n; see `ccm-twin config FAMILY`).
+    #[arg(long, allow_negative_numbers = true)]
+    p: f64,
+    /// Frames per second of wall-clock time (0: as fast as possible, the default).
+    #[arg(long, value_name = "HZ", conflicts_with_all = ["realtime", "speed"])]
+    rate: Option<f64>,
+    /// Pace frames in simulation time: one frame every `time.frame_dt` seconds.
+    #[arg(long, conflicts_with = "speed")]
+    realtime: bool,
+    /// Like --realtime, FACTOR times faster.
+    #[arg(long, value_name = "FACTOR")]
+    speed: Option<f64>,
+    /// MQTT broker to publish to; without it an embedded broker is started on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<BrokerAddress>,
+    /// Port of the embedded broker (when --broker is not given); 0 picks a free one.
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 1883,
+        conflicts_with = "broker"
+    )]
+    embedded_port: u16,
+    /// Station id: the topic is ccm/<station>/frames.
+    #[arg(long, value_name = "ID", default_value = "st-01")]
+    station: String,
+    /// Seeds the initial condition, the noise, the dropped frames and random points.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after N frames (default: run until Ctrl-C).
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Report N random sensor points instead of the whole field.
+    #[arg(long, value_name = "N", conflicts_with = "points_file")]
+    points: Option<usize>,
+    /// Report the sensor points listed in PATH (one `row col` per line).
+    #[arg(long, value_name = "PATH")]
+    points_file: Option<PathBuf>,
+    /// Standard deviation of Gaussian noise added to every value (field units).
+    #[arg(long, value_name = "SIGMA", default_value_t = 0.0)]
+    noise: f64,
+    /// Probability that a frame is dropped (not published; its seq is skipped).
+    #[arg(long, value_name = "PROB", default_value_t = 0.0)]
+    drop: f64,
+    /// Quantise values to 16-bit counts (`i16`) instead of sending f32.
+    #[arg(long, value_name = "i16")]
+    quantize: Option<Encoding>,
+    /// A family config file to use instead of the built-in one (grid size, frame_dt, solver).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Frames held while the broker is away (the oldest are dropped beyond this).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    buffer: usize,
+}
+
+#[derive(clap::Args)]
+pub struct BridgeArgs {
+    /// Where COBS-framed messages come from: stdin, udp:ADDR:PORT or serial:/dev/ttyXXX (set
+    /// the serial line first, e.g. `stty -F /dev/ttyUSB0 115200 raw -echo`).
+    #[arg(long, value_name = "INPUT")]
+    input: Input,
+    /// MQTT broker to publish to.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: BrokerAddress,
+    /// Forward only this station's frames.
+    #[arg(long, value_name = "ID")]
+    station_filter: Option<String>,
+    /// Frames held while the broker is away (the oldest are dropped beyond this).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    buffer: usize,
+    /// Seconds between counter reports in the log (-v); 0: only at the end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    stats_interval: u64,
+}
+
+/// Whether an error is the user's input (exit code 2) rather than a failure.
+pub fn is_bad_input(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        e.downcast_ref::<SimulatorError>(),
+        Some(
+            SimulatorError::BadOption { .. }
+                | SimulatorError::BadStation { .. }
+                | SimulatorError::BadPoints(_)
+                | SimulatorError::PointsFile { .. }
+                | SimulatorError::PointsSyntax { .. }
+        )
+    ) || matches!(
+        e.downcast_ref::<BridgeError>(),
+        Some(BridgeError::BadInput { .. } | BridgeError::BadStation { .. })
+    ) || matches!(
+        e.downcast_ref::<MqttError>(),
+        Some(MqttError::BadAddress { .. })
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+pub fn simulate(args: SimulateArgs) -> Result<()> {
+    let cfg = match &args.config {
+        Some(path) => FamilyConfig::load(path)?,
+        None => FamilyConfig::builtin(args.family),
+    };
+    anyhow::ensure!(
+        cfg.family == args.family,
+        "config {} is for family {}, not {}",
+        args.config
+            .as_deref()
+            .unwrap_or(std::path::Path::new("?"))
+            .display(),
+        cfg.family,
+        args.family
+    );
+    let sensors = match (&args.points, &args.points_file) {
+        (Some(count), _) => {
+            Sensors::Points(simulator::random_points(cfg.grid.n, *count, args.seed)?)
+        }
+        (None, Some(path)) => Sensors::Points(simulator::load_points(path)?),
+        (None, None) => Sensors::Dense,
+    };
+    let pacing = match (args.rate, args.realtime, args.speed) {
+        (Some(hz), _, _) => Pacing::rate(hz)?,
+        (None, true, _) => Pacing::simulated_time(cfg.time.frame_dt, 1.0)?,
+        (None, false, Some(speed)) => Pacing::simulated_time(cfg.time.frame_dt, speed)?,
+        (None, false, None) => Pacing::Unpaced,
+    };
+    let mut opts = SimulatorOptions::new(args.station.clone(), args.p, args.seed);
+    opts.sensors = sensors;
+    opts.noise_sigma = args.noise;
+    opts.drop_probability = args.drop;
+    opts.encoding = args.quantize.unwrap_or_default();
+    opts.start_us = ccm_twin::twin::unix_time_us();
+    let sim = StationSimulator::new(&cfg, opts)?;
+
+    let broker = match args.broker {
+        Some(addr) => addr,
+        None => {
+            let embedded = EmbeddedBroker::start(args.embedded_port)
+                .map_err(|e: BrokerError| anyhow::Error::new(e))
+                .context("starting the embedded MQTT broker (pass --broker HOST:PORT to use a running one)")?;
+            eprintln!(
+                "embedded MQTT broker listening on {} (it stops when this command ends)",
+                embedded.addr()
+            );
+            BrokerAddress::from(embedded.addr())
+        }
+    };
+    let shape = sim.shape();
+    eprintln!(
+        "station {} simulating {} at p = {} ({}×{}, {} channel(s){}) -> ccm/{}/frames on {broker}",
+        args.station,
+        cfg.family,
+        args.p,
+        shape.rows,
+        shape.cols,
+        shape.channels,
+        sim.points()
+            .map(|p| format!(", {} sensor points", p.len()))
+            .unwrap_or_default(),
+        args.station
+    );
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut link_opts = LinkOptions::new(
+            broker.clone(),
+            format!("ccm-sim-{}-{}", args.station, std::process::id()),
+        );
+        link_opts.buffer = args.buffer;
+        let link = MqttLink::start(link_opts)?;
+        let report = simulator::run_simulation(sim, &link, pacing, args.frames, ctrl_c()).await?;
+        let flushed = link.flush(FLUSH_TIMEOUT).await;
+        let stats = link.stats();
+        link.close().await;
+        eprintln!(
+            "simulated {} frame(s) ({} dropped on purpose), {} acknowledged by the broker at {broker}",
+            report.frames, report.dropped, stats.delivered
+        );
+        flushed?;
+        Ok(())
+    })
+}
+
+pub fn bridge(args: BridgeArgs) -> Result<()> {
+    let opts = BridgeOptions {
+        station_filter: args.station_filter,
+        stats_interval: Duration::from_secs(args.stats_interval),
+        flush_timeout: FLUSH_TIMEOUT,
+        ..BridgeOptions::default()
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut link_opts = LinkOptions::new(
+            args.broker.clone(),
+            format!("ccm-bridge-{}", std::process::id()),
+        );
+        link_opts.buffer = args.buffer;
+        let link = MqttLink::start(link_opts)?;
+        let bridge = Bridge::new(link.clone(), opts)?;
+        let input = InputSource::open(&args.input).await?;
+        eprintln!("bridge: {} -> MQTT broker at {}", args.input, args.broker);
+        let stats = bridge.run(input, ctrl_c()).await?;
+        link.close().await;
+        eprintln!("bridge: {stats}");
+        Ok(())
+    })
+}

@@ -1,0 +1,186 @@
+//! A real Mosquitto broker for tests: started on a free loopback port with its own config in a
+//! temporary directory, waited for until it accepts connections, stopped on drop.
+//!
+//! Mosquitto comes from Debian's `mosquitto` package (`.ci/run` installs it when missing). Its
+//! binary lives in `/usr/sbin`, which is not on a normal user's PATH, so that is searched too.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running Mosquitto; killed (and waited for) when dropped.
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    persistent: bool,
+}
+
+/// The mosquitto binary: on PATH, or in the sbin directories Debian uses.
+pub fn binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "mosquitto not found on PATH or in /usr/sbin: install it with \
+                 `apt-get install -y mosquitto` (.ci/run does this)"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Mosquitto {
+    /// A broker without persistence on a free port.
+    pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// A broker that saves its state (persistent sessions and their queued messages) when
+    /// stopped with [`Self::stop`] and reloads it on [`Self::restart`].
+    pub fn start_persistent() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Self {
+        let mut last_log = String::new();
+        // Another process may grab the free port between our probe and mosquitto's bind.
+        for _ in 0..3 {
+            let mut m = Self {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                persistent,
+            };
+            match m.spawn() {
+                Ok(()) => return m,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("mosquitto did not start: {last_log}");
+    }
+
+    fn config(&self) -> PathBuf {
+        let path = self.dir.path().join("mosquitto.conf");
+        let mut conf = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\n\
+             # Run as whoever runs the tests (as root it would switch to user `mosquitto`,\n\
+             # which cannot read this private temporary directory).\nuser root\n",
+            self.port
+        );
+        if self.persistent {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.path().display()
+            ));
+        }
+        std::fs::write(&path, conf).expect("write mosquitto.conf");
+        path
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let conf = self.config();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("mosquitto log file");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", binary().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || Instant::now() > deadline {
+                self.kill();
+                return Err(read(&self.log_path()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        read(&self.log_path())
+    }
+
+    /// Stops it gracefully (SIGTERM: a persistent broker saves its state) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill();
+    }
+
+    /// Starts it again on the same port (and with the same saved state).
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(log) = self.spawn() {
+            panic!("mosquitto did not restart on port {}: {log}", self.port);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

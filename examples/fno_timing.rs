@@ -13,6 +13,10 @@ use ccm_twin::fno::train::{Samples, TrainOptions, Trainer};
 use ccm_twin::fno::{FnoConfig, Normalization};
 use ndarray::Array5;
 
+// The allocator the `ccm-twin` binary uses (with glibc malloc a step takes about twice as long).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]

@@ -134,9 +134,12 @@ struct TrainArgs {
     /// Seed of the initialisation and the shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Continue an interrupted run from OUT/checkpoint.
+    /// Continue an interrupted run from OUT/checkpoint (the same options; more epochs allowed).
     #[arg(long)]
     resume: bool,
+    /// Replace an expert or checkpoint already in OUT.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
                         e.downcast_ref::<DatasetError>(),
                         Some(DatasetError::Config(_))
                     )
+                    || train_cmd::is_bad_request(e)
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -236,6 +240,14 @@ mod train_cmd {
 
     use super::TrainArgs;
 
+    /// Whether an error is a request that does not fit together (exit code 2).
+    pub fn is_bad_request(e: &(dyn std::error::Error + 'static)) -> bool {
+        matches!(
+            e.downcast_ref::<train::TrainError>(),
+            Some(train::TrainError::Request(_))
+        )
+    }
+
     pub fn train(a: TrainArgs) -> Result<()> {
         let data = dataset::load(&a.data)
             .with_context(|| format!("reading dataset {}", a.data.display()))?;
@@ -273,6 +285,7 @@ mod train_cmd {
             options,
             out: &a.out,
             resume: a.resume,
+            force: a.force,
         };
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -388,6 +401,10 @@ mod train_cmd {
     use anyhow::{Result, bail};
 
     use super::TrainArgs;
+
+    pub fn is_bad_request(_: &(dyn std::error::Error + 'static)) -> bool {
+        false
+    }
 
     const MISSING: &str =
         "this build of ccm-twin has no trainer: rebuild with the `train` feature (on by default)";

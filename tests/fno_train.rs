@@ -69,6 +69,7 @@ fn request<'a>(
         options: opts(role),
         out,
         resume: false,
+        force: false,
     }
 }
 
@@ -268,6 +269,14 @@ fn cli_trains_resumes_and_scores() {
     };
     let o = train("1", false);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // the directory is taken: neither --resume nor --force is refused
+    let o = train("1", false);
+    assert_eq!(o.status.code(), Some(2), "a bad request is a usage error");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pass --resume to continue it"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = train("2", true);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let e = Expert::load(&out).unwrap();

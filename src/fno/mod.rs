@@ -1,5 +1,5 @@
 //! The Fourier neural operator experts: the architecture contract ([`spec`]), an independent
-//! reference forward ([`reference`]), the expert directory format ([`expert`]), and — with the
+//! reference forward ([`reference`](mod@reference)), the expert directory format ([`expert`]), and — with the
 //! `train` feature — the burn module ([`model`]) and its training and scoring ([`train`]).
 
 pub mod expert;

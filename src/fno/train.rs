@@ -637,6 +637,8 @@ pub struct TrainRequest<'a> {
     pub out: &'a Path,
     /// Continue from `<out>/checkpoint/`.
     pub resume: bool,
+    /// Replace an expert or checkpoint already in `out` (otherwise refused).
+    pub force: bool,
 }
 
 fn expected_split(role: Role) -> Split {
@@ -675,6 +677,24 @@ pub fn train(req: &TrainRequest, progress: &mut dyn FnMut(Progress)) -> Result<E
             return bad("--p selects an oracle's regime; only --role oracle takes it".into());
         }
         _ => {}
+    }
+    let occupied =
+        req.out.join(expert::META_FILE).exists() || req.out.join(CHECKPOINT_DIR).exists();
+    if occupied && !req.resume && !req.force {
+        return bad(format!(
+            "{} already holds an expert or a checkpoint; pass --resume to continue it, --force to replace it",
+            req.out.display()
+        ));
+    }
+    if req.force && !req.resume {
+        let ck = req.out.join(CHECKPOINT_DIR);
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).map_err(|source| ExpertError::Io {
+                action: "cannot remove the old checkpoint",
+                path: ck,
+                source,
+            })?;
+        }
     }
     // the trajectories used
     let keep: Vec<usize> = (0..req.data.params.len())

@@ -157,6 +157,16 @@ pub struct ParameterConfig {
 }
 
 impl ParameterConfig {
+    /// The CCM metadata coordinate `s(p)`: linear on the parameter's scale, `−1` at the centre of
+    /// the low band and `+1` at the centre of the high band.
+    pub fn coordinate(&self, p: f64) -> f64 {
+        let sc = self.scale;
+        let centre = |b: [f64; 2]| 0.5 * (sc.forward(b[0]) + sc.forward(b[1]));
+        let lo = centre(self.low_band);
+        let hi = centre(self.high_band);
+        (2.0 * sc.forward(p) - lo - hi) / (hi - lo)
+    }
+
     /// ID and OOD test values, ID first.
     pub fn test_values(&self) -> Vec<f64> {
         self.id_test.iter().chain(&self.ood_test).copied().collect()
@@ -409,14 +419,9 @@ impl FamilyConfig {
         }
     }
 
-    /// The CCM metadata coordinate `s(p)`: linear on the parameter's scale, `−1` at the centre of
-    /// the low band and `+1` at the centre of the high band.
+    /// The CCM metadata coordinate `s(p)` (see [`ParameterConfig::coordinate`]).
     pub fn coordinate(&self, p: f64) -> f64 {
-        let sc = self.parameter.scale;
-        let centre = |b: [f64; 2]| 0.5 * (sc.forward(b[0]) + sc.forward(b[1]));
-        let lo = centre(self.parameter.low_band);
-        let hi = centre(self.parameter.high_band);
-        (2.0 * sc.forward(p) - lo - hi) / (hi - lo)
+        self.parameter.coordinate(p)
     }
 
     /// Checks every value; returns all problems at once.

@@ -36,5 +36,6 @@ pub mod config;
 pub mod dataset;
 pub mod fno;
 pub mod infer;
+pub mod models;
 pub mod pde;
 pub mod twin;

@@ -53,6 +53,71 @@ pub struct MergeArgs {
     out: PathBuf,
 }
 
+/// `ccm-twin calibrate`.
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    /// Bundle directory (models/<family>); its manifest receives the calibration.
+    dir: PathBuf,
+    /// The family's `calib` split (fits the calibrated map).
+    #[arg(long)]
+    calib: PathBuf,
+    /// The family's `val` split (fits CCM-Scale's γ).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Interval searched for the best α of each regime.
+    #[arg(long, default_value_t = 3.0)]
+    reach: f64,
+}
+
+#[cfg(feature = "train")]
+pub fn calibrate(args: CalibrateArgs) -> Result<()> {
+    use ccm_twin::ccm::Interval;
+    let mut bundle =
+        FamilyModels::load(&args.dir).with_context(|| format!("loading {}", args.dir.display()))?;
+    let calib = ccm_twin::dataset::load(&args.calib)
+        .with_context(|| format!("reading {}", args.calib.display()))?;
+    let val = match &args.val {
+        Some(v) => {
+            Some(ccm_twin::dataset::load(v).with_context(|| format!("reading {}", v.display()))?)
+        }
+        None => None,
+    };
+    let family_cfg = FamilyConfig::builtin(bundle.manifest.family);
+    let skip = family_cfg
+        .time
+        .prefix
+        .saturating_sub(bundle.manifest.model.t_in);
+    let interval = Interval {
+        lo: -args.reach,
+        hi: args.reach,
+    };
+    let cal = ccm_twin::eval::calibrate(&bundle, &calib, val.as_ref(), interval, skip, &mut |m| {
+        eprintln!("  {m}")
+    })?;
+    eprintln!(
+        "calibrated map: knots {:?}, slope {:.3}; CCM-Scale γ = {}",
+        cal.map
+            .knots
+            .iter()
+            .map(|(s, a)| format!("({s:+.2}, {a:+.2})"))
+            .collect::<Vec<_>>(),
+        cal.map.slope,
+        cal.scale
+            .map(|s| format!("{:.3}", s.gamma))
+            .unwrap_or_else(|| "not fitted".into())
+    );
+    bundle.manifest.calibration = Some(cal);
+    models::write_manifest(&bundle.manifest, &args.dir)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "train"))]
+pub fn calibrate(_: CalibrateArgs) -> Result<()> {
+    anyhow::bail!(
+        "calibration rolls experts out with the trainer's forward; rebuild with the `train` feature"
+    )
+}
+
 pub fn export(args: ExportArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(p) => FamilyConfig::load(p)?,

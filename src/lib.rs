@@ -34,6 +34,8 @@
 pub mod ccm;
 pub mod config;
 pub mod dataset;
+#[cfg(feature = "train")]
+pub mod eval;
 pub mod fno;
 pub mod infer;
 pub mod models;

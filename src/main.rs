@@ -79,6 +79,8 @@ enum Command {
     Inspect(ccm_cli::InspectArgs),
     /// Write the merged checkpoint θ(α) of a bundle as ONNX.
     Merge(ccm_cli::MergeArgs),
+    /// Fit the calibrated map p → α (on the calib split) and CCM-Scale's γ (on val) of a bundle.
+    Calibrate(ccm_cli::CalibrateArgs),
     /// Score an expert on a dataset: rollout, one-step and persistence errors.
     Score {
         /// Expert directory (written by `train`).
@@ -237,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => ccm_cli::export(args),
         Command::Inspect(args) => ccm_cli::inspect(args),
         Command::Merge(args) => ccm_cli::merge(args),
+        Command::Calibrate(args) => ccm_cli::calibrate(args),
         Command::Score {
             expert,
             data,

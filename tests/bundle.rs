@@ -143,6 +143,33 @@ fn export_inspect_merge_and_run_in_tract() {
     via_merge.step(&state, &mut y2).unwrap();
     assert_eq!(y1, y2);
 
+    // calibration writes the map into the manifest
+    let calib = tmp.path().join("data/calib");
+    dataset::generate(
+        &tiny_config(),
+        Split::Calib,
+        &calib,
+        &GenerateOptions {
+            count: Some(1),
+            force: false,
+        },
+        &|| (),
+    )
+    .unwrap();
+    let (code, _, err) = ccm_twin(&["calibrate", &s(&bundle), "--calib", &s(&calib)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("calibrated map: knots"), "{err}");
+    let cal = FamilyModels::load(&bundle)
+        .unwrap()
+        .manifest
+        .calibration
+        .expect("calibration saved");
+    assert_eq!(cal.points.len(), tiny_config().parameter.calib.len());
+    assert!(cal.map.knots.windows(2).all(|w| w[0].1 <= w[1].1));
+    for p in &cal.points {
+        assert!(p[2] >= -3.0 && p[2] <= 3.0 && p[3].is_finite());
+    }
+
     // the in-place merge at α = 0.5 is the affine combination ¼·θ_L + ¾·θ_H
     let line =
         Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone()).unwrap();

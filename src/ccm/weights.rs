@@ -205,6 +205,19 @@ impl WeightSet {
         Ok(&mut self.data[t.offset..t.offset + t.len()])
     }
 
+    /// A new set holding the named tensors, in the order given.
+    pub fn select<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<WeightSet, WeightError> {
+        let mut out = WeightSet::default();
+        for name in names {
+            let t = self.info(name)?;
+            out.push(t.name.clone(), t.shape.clone(), self.get(name)?)?;
+        }
+        Ok(out)
+    }
+
     /// Checks that `other` has the same names, shapes and order; reports the first difference.
     pub fn same_layout(&self, other: &WeightSet) -> Result<(), LayoutMismatch> {
         for t in &self.tensors {

@@ -1,0 +1,208 @@
+//! Scoring merges along the line on datasets: the error-vs-α scans behind the calibrated map,
+//! CCM-Scale's γ, and the best α in hindsight.
+//!
+//! Rollouts run batched in the training framework's forward (burn), which matches the ONNX
+//! runtimes to ~1e-5 (the parity tests); the numbers are the protocol's: for each trajectory,
+//! the model starts from the first `T_in` frames, rolls `H` steps, and nRMSE =
+//! ‖prediction − truth‖₂ / ‖truth‖₂ over the scored frames (after `skip` predicted frames: the
+//! prefix), all cells and channels together; reported as the mean over trajectories.
+
+use burn::tensor::Device;
+
+use crate::ccm::{CalibratedMap, Interval, Line, Scale, WeightSet};
+use crate::dataset::Dataset;
+use crate::fno::model::{Fno, rollout};
+use crate::fno::{FnoConfig, Normalization};
+use crate::models::{Calibration, FamilyModels};
+
+/// Scores weight sets on (part of) a dataset.
+pub struct Scorer<'a> {
+    cfg: FnoConfig,
+    norm: Normalization,
+    data: &'a Dataset,
+    /// Predicted frames rolled out.
+    pub horizon: usize,
+    /// Predicted frames left out of the score at the start.
+    pub skip: usize,
+    device: Device,
+}
+
+impl<'a> Scorer<'a> {
+    /// A scorer for experts of `cfg` on `data`, rolling `horizon` frames and scoring after `skip`.
+    pub fn new(
+        cfg: FnoConfig,
+        norm: Normalization,
+        data: &'a Dataset,
+        horizon: usize,
+        skip: usize,
+    ) -> Self {
+        let frames = data.manifest.shape[1];
+        let horizon = horizon.min(frames - cfg.t_in);
+        Scorer {
+            cfg,
+            norm,
+            data,
+            horizon,
+            skip: skip.min(horizon - 1),
+            device: Device::flex(),
+        }
+    }
+
+    /// nRMSE of each trajectory in `indices` under `weights` (the trainable tensors are picked
+    /// out by name, so the full initializer set of an ONNX expert works too).
+    pub fn errors(&self, weights: &WeightSet, indices: &[usize]) -> Vec<f64> {
+        let shapes = self.cfg.param_shapes();
+        let params = weights
+            .select(shapes.iter().map(|(n, _)| n.as_str()))
+            .expect("an FNO expert holds every canonical tensor");
+        let model = Fno::from_weights(&self.cfg, &self.norm, &params, &self.device)
+            .expect("canonical weights");
+        let (c, n, t_in) = (self.cfg.channels, self.cfg.n, self.cfg.t_in);
+        let frame = c * n * n;
+        let traj = &self.data.trajectories;
+        let mut init = Vec::with_capacity(indices.len() * t_in * frame);
+        for &i in indices {
+            for t in 0..t_in {
+                init.extend(
+                    traj.index_axis(ndarray::Axis(0), i)
+                        .index_axis(ndarray::Axis(0), t)
+                        .iter(),
+                );
+            }
+        }
+        let pred = rollout(&model, &init, indices.len(), self.horizon);
+        indices
+            .iter()
+            .enumerate()
+            .map(|(b, &i)| {
+                let (mut num, mut den) = (0.0f64, 0.0f64);
+                for s in self.skip..self.horizon {
+                    let truth = traj.index_axis(ndarray::Axis(0), i);
+                    let truth = truth.index_axis(ndarray::Axis(0), t_in + s);
+                    let p =
+                        &pred[(b * self.horizon + s) * frame..(b * self.horizon + s + 1) * frame];
+                    for (x, y) in p.iter().zip(truth.iter()) {
+                        let x = if x.is_finite() {
+                            *x as f64
+                        } else {
+                            f64::INFINITY
+                        };
+                        num += (x - *y as f64).powi(2);
+                        den += (*y as f64).powi(2);
+                    }
+                }
+                let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+                if e.is_finite() { e } else { f64::INFINITY }
+            })
+            .collect()
+    }
+
+    /// Mean nRMSE over `indices`.
+    pub fn mean_error(&self, weights: &WeightSet, indices: &[usize]) -> f64 {
+        let e = self.errors(weights, indices);
+        e.iter().sum::<f64>() / e.len() as f64
+    }
+
+    /// The α of smallest mean error along `line` (coarse scan, then golden-section refinement);
+    /// returns it, its error and the scanned curve.
+    pub fn best_alpha(
+        &self,
+        line: &Line,
+        interval: Interval,
+        coarse: usize,
+        refine: usize,
+        indices: &[usize],
+    ) -> (f64, f64, Vec<(f64, f64)>) {
+        let mut buf = line.buffer();
+        let mut curve: Vec<(f64, f64)> = Vec::new();
+        let mut eval = |a: f64, curve: &mut Vec<(f64, f64)>| -> f64 {
+            if let Some(&(_, e)) = curve.iter().find(|(x, _)| *x == a) {
+                return e;
+            }
+            line.merge_into(a as f32, &mut buf).expect("line layout");
+            let e = self.mean_error(&buf, indices);
+            curve.push((a, e));
+            e
+        };
+        let grid: Vec<f64> = (0..coarse)
+            .map(|i| interval.lo + (interval.hi - interval.lo) * i as f64 / (coarse - 1) as f64)
+            .collect();
+        let errs: Vec<f64> = grid.iter().map(|&a| eval(a, &mut curve)).collect();
+        let best = (0..coarse)
+            .min_by(|&i, &j| errs[i].total_cmp(&errs[j]))
+            .unwrap();
+        let (mut a, mut b) = (
+            grid[best.saturating_sub(1)],
+            grid[(best + 1).min(coarse - 1)],
+        );
+        let phi = (5f64.sqrt() - 1.0) / 2.0;
+        for _ in 0..refine {
+            let (x1, x2) = (b - phi * (b - a), a + phi * (b - a));
+            if eval(x1, &mut curve) <= eval(x2, &mut curve) {
+                b = x2;
+            } else {
+                a = x1;
+            }
+        }
+        curve.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (alpha, err) = *curve.iter().min_by(|x, y| x.1.total_cmp(&y.1)).unwrap();
+        (alpha, err, curve)
+    }
+}
+
+/// Indices of the trajectories of each distinct parameter value, in order of appearance.
+pub fn groups(data: &Dataset) -> Vec<(f64, Vec<usize>)> {
+    let mut out: Vec<(f64, Vec<usize>)> = Vec::new();
+    for (i, &p) in data.params.iter().enumerate() {
+        match out
+            .iter_mut()
+            .find(|(q, _)| (q - p).abs() <= 1e-12 * p.abs())
+        {
+            Some(g) => g.1.push(i),
+            None => out.push((p, vec![i])),
+        }
+    }
+    out
+}
+
+/// Fits the calibrated map on `calib` (best α per regime) and CCM-Scale's γ on `val`.
+pub fn calibrate(
+    models: &FamilyModels,
+    calib: &Dataset,
+    val: Option<&Dataset>,
+    interval: Interval,
+    skip: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Calibration, crate::ccm::readout::CalibrationError> {
+    let m = &models.manifest;
+    let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())
+        .expect("checked bundle");
+    let best_per_regime = |data: &Dataset, progress: &mut dyn FnMut(&str)| -> Vec<[f64; 4]> {
+        let scorer = Scorer::new(m.model, m.normalization.clone(), data, usize::MAX, skip);
+        groups(data)
+            .into_iter()
+            .map(|(p, idx)| {
+                let (a, e, _) = scorer.best_alpha(&line, interval, 17, 6, &idx);
+                progress(&format!(
+                    "{} = {p:.4e}: best α = {a:+.3} (error {e:.4})",
+                    m.parameter.name
+                ));
+                [p, m.parameter.coordinate(p), a, e]
+            })
+            .collect()
+    };
+    let points = best_per_regime(calib, progress);
+    let map = CalibratedMap::fit(&points.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>())?;
+    let scale = val.and_then(|v| {
+        let pts = best_per_regime(v, progress);
+        Scale::fit(&pts.iter().map(|r| (r[1], r[2])).collect::<Vec<_>>())
+    });
+    let horizon = calib.manifest.shape[1] - m.model.t_in;
+    Ok(Calibration {
+        map,
+        scale,
+        points,
+        interval,
+        horizon,
+    })
+}

@@ -86,28 +86,34 @@ fn tiny_experts(root: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (dirs[0].clone(), dirs[1].clone(), dirs[2].clone(), cfg_path)
 }
 
-#[test]
-fn export_inspect_merge_and_run_in_tract() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, l, h, cfg) = tiny_experts(tmp.path());
-    let bundle = tmp.path().join("models/dam_break");
+/// `ccm-twin export` of the three experts into `bundle`.
+fn export(a: &Path, l: &Path, h: &Path, cfg: &Path, bundle: &Path) {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (code, _, err) = ccm_twin(&[
         "export",
         "--family",
         "dam_break",
         "--anchor",
-        &s(&a),
+        &s(a),
         "--low",
-        &s(&l),
+        &s(l),
         "--high",
-        &s(&h),
+        &s(h),
         "--out",
-        &s(&bundle),
+        &s(bundle),
         "--config",
-        &s(&cfg),
+        &s(cfg),
     ]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn export_inspect_merge_and_run_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, l, h, cfg) = tiny_experts(tmp.path());
+    let bundle = tmp.path().join("models/dam_break");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    export(&a, &l, &h, &cfg, &bundle);
     let (code, out, err) = ccm_twin(&["inspect", &s(&bundle)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("total") && out.contains("d share"), "{out}");
@@ -191,22 +197,7 @@ fn corrupt_or_mismatched_bundles_are_refused_with_the_file_named() {
     let (a, l, h, cfg) = tiny_experts(tmp.path());
     let bundle = tmp.path().join("bundle");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (code, _, err) = ccm_twin(&[
-        "export",
-        "--family",
-        "dam_break",
-        "--anchor",
-        &s(&a),
-        "--low",
-        &s(&l),
-        "--high",
-        &s(&h),
-        "--out",
-        &s(&bundle),
-        "--config",
-        &s(&cfg),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    export(&a, &l, &h, &cfg, &bundle);
     let high = bundle.join("high.onnx");
     let good = std::fs::read(&high).unwrap();
 

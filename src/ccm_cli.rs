@@ -94,18 +94,7 @@ pub fn calibrate(args: CalibrateArgs) -> Result<()> {
     let cal = ccm_twin::eval::calibrate(&bundle, &calib, val.as_ref(), interval, skip, &mut |m| {
         eprintln!("  {m}")
     })?;
-    eprintln!(
-        "calibrated map: knots {:?}, slope {:.3}; CCM-Scale γ = {}",
-        cal.map
-            .knots
-            .iter()
-            .map(|(s, a)| format!("({s:+.2}, {a:+.2})"))
-            .collect::<Vec<_>>(),
-        cal.map.slope,
-        cal.scale
-            .map(|s| format!("{:.3}", s.gamma))
-            .unwrap_or_else(|| "not fitted".into())
-    );
+    eprintln!("{}", describe(&cal));
     bundle.manifest.calibration = Some(cal);
     models::write_manifest(&bundle.manifest, &args.dir)?;
     Ok(())
@@ -181,10 +170,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         m.parameter.high_band
     );
     match &m.calibration {
-        Some(c) => println!(
-            "calibrated map: knots {:?}, slope {:.3}",
-            c.map.knots, c.map.slope
-        ),
+        Some(c) => println!("{}", describe(c)),
         None => println!("calibrated map: none yet (run `ccm-twin calibrate`)"),
     }
     println!();
@@ -217,4 +203,22 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// One line describing a bundle's calibration.
+fn describe(c: &ccm_twin::models::Calibration) -> String {
+    let knots: Vec<String> = c
+        .map
+        .knots
+        .iter()
+        .map(|(s, a)| format!("({s:+.2}, {a:+.2})"))
+        .collect();
+    format!(
+        "calibrated map s(p) → α: knots {}; slope beyond {:.3}; CCM-Scale γ {}",
+        knots.join(" "),
+        c.map.slope,
+        c.scale
+            .map(|s| format!("{:.3}", s.gamma))
+            .unwrap_or_else(|| "not fitted".into())
+    )
 }

@@ -164,7 +164,7 @@ fn export_inspect_merge_and_run_in_tract() {
     .unwrap();
     let (code, _, err) = ccm_twin(&["calibrate", &s(&bundle), "--calib", &s(&calib)]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("calibrated map: knots"), "{err}");
+    assert!(err.contains("calibrated map s(p) → α: knots"), "{err}");
     let cal = FamilyModels::load(&bundle)
         .unwrap()
         .manifest

@@ -148,6 +148,13 @@ fn export_inspect_merge_and_run_in_tract() {
     low.step(&state, &mut y1).unwrap();
     via_merge.step(&state, &mut y2).unwrap();
     assert_eq!(y1, y2);
+    // a rollout is steps fed back (T_in = 1 here)
+    let mut rolled = vec![0.0; 2 * shape.frame_len()];
+    low.roll(&state, 2, &mut rolled).unwrap();
+    let mut y_next = vec![0.0; shape.frame_len()];
+    low.step(&y1, &mut y_next).unwrap();
+    assert_eq!(&rolled[..shape.frame_len()], y1.as_slice());
+    assert_eq!(&rolled[shape.frame_len()..], y_next.as_slice());
 
     // calibration writes the map into the manifest
     let calib = tmp.path().join("data/calib");

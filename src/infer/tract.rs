@@ -18,7 +18,6 @@ pub struct TractBackend {
     template: OnnxExpert,
     shape: StepShape,
     plan: Option<Arc<TypedRunnableModel>>,
-    input: Vec<f32>,
 }
 
 impl TractBackend {
@@ -26,7 +25,6 @@ impl TractBackend {
     pub fn new(template: OnnxExpert) -> Result<Self, InferError> {
         let shape = StepShape::of(&template)?;
         Ok(TractBackend {
-            input: vec![0.0; shape.input_len()],
             template,
             shape,
             plan: None,
@@ -73,14 +71,10 @@ impl TractBackend {
         s.check_input(state)?;
         s.check_output(out)?;
         let plan = self.plan.as_ref().ok_or(InferError::NotDeployed)?;
-        self.input.copy_from_slice(state);
-        let x = tract_ndarray::Array4::from_shape_vec(
-            (1, s.t_in * s.channels, s.n, s.n),
-            std::mem::take(&mut self.input),
-        )
-        .expect("input length checked");
+        let x = Tensor::from_shape::<f32>(&[1, s.t_in * s.channels, s.n, s.n], state)
+            .map_err(|e| InferError::Runtime(format!("tract input: {e:#}")))?;
         let result = plan
-            .run(tvec!(Tensor::from(x).into()))
+            .run(tvec!(x.into()))
             .map_err(|e| InferError::Runtime(format!("tract step failed: {e:#}")))?;
         let view = result[0]
             .to_plain_array_view::<f32>()
@@ -88,7 +82,6 @@ impl TractBackend {
         for (o, v) in out.iter_mut().zip(view.iter()) {
             *o = *v;
         }
-        self.input = vec![0.0; s.input_len()];
         Ok(())
     }
 
@@ -111,13 +104,12 @@ impl TractBackend {
             });
         }
         let mut window = initial.to_vec();
-        for k in 0..steps {
-            let (done, rest) = out.split_at_mut(k * fl);
-            let _ = done;
-            self.step(&window, &mut rest[..fl])?;
+        for frame in out[..steps * fl].chunks_exact_mut(fl) {
+            self.step(&window, frame)?;
+            // slide the T_in-frame window: drop the oldest frame, append the prediction
             window.rotate_left(fl);
             let last = window.len() - fl;
-            window[last..].copy_from_slice(&rest[..fl]);
+            window[last..].copy_from_slice(frame);
         }
         Ok(())
     }

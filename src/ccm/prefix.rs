@@ -10,8 +10,11 @@
 //! The prefix error is a biased proxy for the long-horizon error: merges far along the line can
 //! fit the first frames slightly better and then drift or blow up. Two remedies, both ours:
 //! * **guard** — each candidate is rolled `guard_steps` further than the prefix; a candidate whose
-//!   state becomes non-finite, or whose norm grows past `max_growth` times its largest norm within
-//!   the prefix, is rejected;
+//!   state becomes non-finite is rejected, and so is one whose growth past the prefix (largest
+//!   norm after it over largest norm within it) exceeds `max_growth` times the growth of the
+//!   trusted merges, those between the endpoints (`|α| ≤ 1`, their median). The reference is
+//!   relative because the physics itself may grow: a forced flow gains energy from a weak
+//!   initial field, and all merges, good ones included, follow it;
 //! * **prior** — among the candidates within `tolerance` of the best prefix error (evidence that
 //!   cannot tell them apart), the one closest to the calibrated prior is taken, instead of trusting
 //!   either the prefix or the prior alone.
@@ -77,7 +80,8 @@ pub struct PrefixConfig {
     pub refine: usize,
     /// Steps rolled past the prefix for the guard (0 switches the guard off).
     pub guard_steps: usize,
-    /// Largest allowed ratio of a guard frame's norm to the largest predicted prefix frame's.
+    /// Largest allowed growth past the prefix (largest guard-frame norm over largest prefix-frame
+    /// norm), relative to the median growth of the trusted merges (`|α| ≤ 1`).
     pub max_growth: f64,
     /// Relative prefix-error tolerance within which the prior decides.
     pub tolerance: f64,
@@ -99,15 +103,30 @@ impl Default for PrefixConfig {
     }
 }
 
+impl PrefixConfig {
+    /// The default settings searching `interval`, with the coarse scan's spacing at 0.25 (the
+    /// default's on `[−2, 2]`) and at most 33 points (spacing 0.4 on `[−6.4, 6.4]`).
+    pub fn over(interval: Interval) -> Self {
+        let d = PrefixConfig::default();
+        let spacing = (d.interval.hi - d.interval.lo) / (d.coarse - 1) as f64;
+        let points = ((interval.hi - interval.lo) / spacing).ceil() as usize + 1;
+        PrefixConfig {
+            interval,
+            coarse: points.clamp(d.coarse, 33),
+            ..d
+        }
+    }
+}
+
 /// Why a candidate was rejected by the guard.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Rejection {
     /// The rollout produced NaN or infinite values.
     NonFinite,
-    /// The state's norm grew by this factor past the prefix.
+    /// The state grew past the prefix much faster than the trusted merges' state did.
     Growth {
-        /// The growth ratio.
+        /// This candidate's growth over the trusted merges' median growth.
         ratio: f64,
     },
 }
@@ -119,6 +138,9 @@ pub struct Candidate {
     pub alpha: f64,
     /// Relative L2 error on the prefix (observed cells, frames after the first `T_in`).
     pub error: f64,
+    /// Growth past the prefix: the largest norm of a guard frame over the largest norm within
+    /// the prefix (1 when the guard is off).
+    pub growth: f64,
     /// Set when the guard rejected it.
     pub rejected: Option<Rejection>,
 }
@@ -180,6 +202,8 @@ struct Search<'a, R: Rollout> {
     cfg: &'a PrefixConfig,
     scratch: Vec<f32>,
     evaluated: Vec<Candidate>,
+    /// Largest accepted growth, once the coarse scan has set the reference.
+    growth_limit: f64,
 }
 
 impl<R: Rollout> Search<'_, R> {
@@ -215,9 +239,8 @@ impl<R: Rollout> Search<'_, R> {
         }
         let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
         let norm = |f: &[f32]| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let rejected = if predicted.iter().any(|x| !x.is_finite()) || !error.is_finite() {
-            Some(Rejection::NonFinite)
-        } else if self.cfg.guard_steps > 0 {
+        let non_finite = predicted.iter().any(|x| !x.is_finite()) || !error.is_finite();
+        let growth = if self.cfg.guard_steps > 0 && !non_finite {
             let inside = predicted[..prefix_steps * fl]
                 .chunks(fl)
                 .map(norm)
@@ -227,10 +250,11 @@ impl<R: Rollout> Search<'_, R> {
                 .chunks(fl)
                 .map(norm)
                 .fold(0.0, f64::max);
-            let ratio = past / inside.max(f64::MIN_POSITIVE);
-            (ratio > self.cfg.max_growth).then_some(Rejection::Growth { ratio })
+            past / inside.max(f64::MIN_POSITIVE)
+        } else if non_finite {
+            f64::INFINITY
         } else {
-            None
+            1.0
         };
         let c = Candidate {
             alpha,
@@ -239,17 +263,55 @@ impl<R: Rollout> Search<'_, R> {
             } else {
                 f64::INFINITY
             },
-            rejected,
+            growth,
+            rejected: non_finite.then_some(Rejection::NonFinite),
         };
         self.evaluated.push(c);
         Ok(c)
     }
 
-    fn score(c: &Candidate) -> f64 {
-        if c.rejected.is_some() {
+    fn score(&self, c: &Candidate) -> f64 {
+        if c.rejected.is_some() || c.growth > self.growth_limit {
             f64::INFINITY
         } else {
             c.error
+        }
+    }
+
+    /// Sets the guard's limit from the trusted merges of the coarse scan: `max_growth` times
+    /// their median growth (1 when the scan has none, or the guard is off).
+    /// Later calls keep the limit and only mark the candidates evaluated since.
+    fn set_growth_limit(&mut self) {
+        if self.cfg.guard_steps == 0 {
+            return;
+        }
+        if self.growth_limit.is_finite() {
+            return self.mark_growth(self.growth_limit / self.cfg.max_growth);
+        }
+        let mut trusted: Vec<f64> = self
+            .evaluated
+            .iter()
+            .filter(|c| c.alpha.abs() <= 1.0 && c.growth.is_finite())
+            .map(|c| c.growth)
+            .collect();
+        trusted.sort_by(f64::total_cmp);
+        let reference = match trusted.len() {
+            0 => 1.0,
+            n if n % 2 == 1 => trusted[n / 2],
+            n => 0.5 * (trusted[n / 2 - 1] + trusted[n / 2]),
+        };
+        self.growth_limit = self.cfg.max_growth * reference;
+        self.mark_growth(reference);
+    }
+
+    fn mark_growth(&mut self, reference: f64) {
+        let limit = self.growth_limit;
+        for c in &mut self.evaluated {
+            if c.rejected.is_none() && c.growth > limit {
+                c.rejected = Some(Rejection::Growth {
+                    ratio: c.growth / reference,
+                });
+            }
         }
     }
 }
@@ -292,16 +354,20 @@ pub fn read_prefix<R: Rollout>(
         cfg,
         scratch: vec![0.0; steps * fl],
         evaluated: Vec::new(),
+        growth_limit: f64::INFINITY,
     };
     let (lo, hi) = (cfg.interval.lo, cfg.interval.hi);
     let n = cfg.coarse.max(2);
     let grid: Vec<f64> = (0..n)
         .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
         .collect();
+    for &a in &grid {
+        s.evaluate(a)?;
+    }
+    s.set_growth_limit();
     let mut best = 0;
-    for (i, &a) in grid.iter().enumerate() {
-        let c = s.evaluate(a)?;
-        if Search::<R>::score(&c) < Search::<R>::score(&s.evaluated[best]) {
+    for i in 1..n {
+        if s.score(&s.evaluated[i]) < s.score(&s.evaluated[best]) {
             best = i;
         }
     }
@@ -312,25 +378,27 @@ pub fn read_prefix<R: Rollout>(
     let (mut a, mut b) = (grid[best.saturating_sub(1)], grid[(best + 1).min(n - 1)]);
     let phi = (5f64.sqrt() - 1.0) / 2.0;
     let (mut x1, mut x2) = (b - phi * (b - a), a + phi * (b - a));
-    let (mut f1, mut f2) = (
-        Search::<R>::score(&s.evaluate(x1)?),
-        Search::<R>::score(&s.evaluate(x2)?),
-    );
+    let score_at = |s: &mut Search<'_, R>, x: f64| -> Result<f64, PrefixError<R::Error>> {
+        let c = s.evaluate(x)?;
+        Ok(s.score(&c))
+    };
+    let (mut f1, mut f2) = (score_at(&mut s, x1)?, score_at(&mut s, x2)?);
     for _ in 0..cfg.refine {
         if f1 <= f2 {
             b = x2;
             x2 = x1;
             f2 = f1;
             x1 = b - phi * (b - a);
-            f1 = Search::<R>::score(&s.evaluate(x1)?);
+            f1 = score_at(&mut s, x1)?;
         } else {
             a = x1;
             x1 = x2;
             f1 = f2;
             x2 = a + phi * (b - a);
-            f2 = Search::<R>::score(&s.evaluate(x2)?);
+            f2 = score_at(&mut s, x2)?;
         }
     }
+    s.set_growth_limit(); // marks the refinement's rejections too
     let mut curve = s.evaluated;
     curve.sort_by(|x, y| x.alpha.total_cmp(&y.alpha));
     let accepted: Vec<&Candidate> = curve.iter().filter(|c| c.rejected.is_none()).collect();
@@ -495,6 +563,39 @@ mod tests {
             r1.curve
                 .iter()
                 .any(|c| matches!(c.rejected, Some(Rejection::Growth { .. })))
+        );
+    }
+
+    #[test]
+    fn the_guard_follows_physics_that_grows() {
+        // g(α) = 1.16 + 0.04α: every merge between the endpoints, the right one too, grows by
+        // 1.5–2.1 in the four guard steps (a forced flow gaining energy). An absolute limit of
+        // 1.5 would reject them all; relative to the trusted merges' growth, none is rejected
+        // and the fit is found.
+        let l = line(1.12, 1.2);
+        let mut buf = l.buffer();
+        let obs_frames = frames(1.136, 4);
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let r = read_prefix(
+            &l,
+            &mut buf,
+            &mut Growth,
+            obs,
+            None,
+            &PrefixConfig::default(),
+        )
+        .unwrap();
+        assert!((r.alpha + 0.6).abs() < 0.02, "{r:?}");
+        assert!(r.curve.iter().all(|c| c.rejected.is_none()), "{r:?}");
+        let mut trusted = r.curve.iter().filter(|c| c.alpha.abs() <= 1.0);
+        assert!(
+            trusted.clone().count() >= 9 && trusted.all(|c| c.growth > 1.5),
+            "{r:?}"
         );
     }
 

@@ -206,3 +206,118 @@ pub fn calibrate(
         horizon,
     })
 }
+
+/// Why an evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The request does not fit the models or data.
+    #[error("{0}")]
+    Setup(String),
+    /// The experts do not share a layout.
+    #[error(transparent)]
+    Layout(#[from] crate::ccm::LayoutMismatch),
+    /// The runtime failed.
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    /// A prefix readout failed.
+    #[error(transparent)]
+    Prefix(#[from] crate::ccm::prefix::PrefixError<crate::infer::InferError>),
+}
+
+/// CCM-Prefix on the trajectories of one regime, next to the best α in hindsight.
+#[derive(Debug, Clone)]
+pub struct PrefixCheck {
+    /// The regime's parameter.
+    pub p: f64,
+    /// Best α in hindsight on these trajectories (error after the prefix).
+    pub best_alpha: f64,
+    /// Mean error at the best α.
+    pub best_error: f64,
+    /// The α read out of each trajectory's prefix.
+    pub alphas: Vec<f64>,
+    /// Each trajectory's error (after the prefix) at its read-out α.
+    pub errors: Vec<f64>,
+    /// Mean error of the anchor on the same frames.
+    pub anchor_error: f64,
+}
+
+impl PrefixCheck {
+    /// Mean read-out α.
+    pub fn mean_alpha(&self) -> f64 {
+        self.alphas.iter().sum::<f64>() / self.alphas.len() as f64
+    }
+
+    /// Mean error at the read-out α's.
+    pub fn mean_error(&self) -> f64 {
+        self.errors.iter().sum::<f64>() / self.errors.len() as f64
+    }
+
+    /// The readout's target: the mean read-out α within `alpha_tol` of the best α in hindsight,
+    /// or the mean error within `rel_tol` of the error at the best α.
+    pub fn lands(&self, alpha_tol: f64, rel_tol: f64) -> bool {
+        (self.mean_alpha() - self.best_alpha).abs() <= alpha_tol
+            || self.mean_error() <= (1.0 + rel_tol) * self.best_error
+    }
+}
+
+/// Runs CCM-Prefix (tract evaluates the candidates, no prior: `p` is unknown) on the first `k`
+/// frames of every trajectory of `data`, per regime, and scores each chosen merge after the
+/// prefix next to the best α in hindsight (searched 1 past the readout's interval on each side)
+/// and the anchor.
+pub fn check_prefix(
+    models: &FamilyModels,
+    data: &Dataset,
+    k: usize,
+    cfg: &crate::ccm::prefix::PrefixConfig,
+    progress: &mut dyn FnMut(&PrefixCheck),
+) -> Result<Vec<PrefixCheck>, EvalError> {
+    use crate::ccm::prefix::{Observation, read_prefix};
+    let m = &models.manifest;
+    let t_in = m.model.t_in;
+    if k <= t_in {
+        return Err(EvalError::Setup(format!(
+            "a prefix of {k} frames is not longer than T_in = {t_in}"
+        )));
+    }
+    let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
+    let mut buffer = line.buffer();
+    let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
+    let frame_len = backend.shape().frame_len();
+    let scorer = Scorer::new(m.model, m.normalization.clone(), data, usize::MAX, k - t_in);
+    // the best α in hindsight is searched 1 further on each side than the readout may go
+    let hindsight = Interval {
+        lo: cfg.interval.lo - 1.0,
+        hi: cfg.interval.hi + 1.0,
+    };
+    let coarse = ((hindsight.hi - hindsight.lo) / 0.4).ceil() as usize + 1;
+    let mut out = Vec::new();
+    for (p, idx) in groups(data) {
+        let (best_alpha, best_error, _) = scorer.best_alpha(&line, hindsight, coarse, 6, &idx);
+        let (mut alphas, mut errors) = (Vec::new(), Vec::new());
+        for &i in &idx {
+            let traj = data.trajectories.index_axis(ndarray::Axis(0), i);
+            let frames: Vec<f32> = traj.iter().take(k * frame_len).copied().collect();
+            let obs = Observation {
+                frames: &frames,
+                frame_len,
+                t_in,
+                mask: None,
+            };
+            let r = read_prefix(&line, &mut buffer, &mut backend, obs, None, cfg)?;
+            line.merge_into(r.alpha as f32, &mut buffer)?;
+            errors.push(scorer.errors(&buffer, &[i])[0]);
+            alphas.push(r.alpha);
+        }
+        let check = PrefixCheck {
+            p,
+            best_alpha,
+            best_error,
+            alphas,
+            errors,
+            anchor_error: scorer.mean_error(&models.anchor.weights, &idx),
+        };
+        progress(&check);
+        out.push(check);
+    }
+    Ok(out)
+}

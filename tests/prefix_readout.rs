@@ -1,0 +1,75 @@
+//! CCM-Prefix on the shipped experts: at every ID and OOD test regime of each family, the α read
+//! out of the first K frames alone (no `p`, no prior) lands within 0.25 of the best α in
+//! hindsight, or its rollout error (after the prefix) is within 5 % of the error at that α.
+//!
+//! The trajectories are the test split's own (same seeds), generated here: two per regime in CI.
+//! `cargo run --example prefix_readout -- models/<family> data/<family>/test` runs the whole split.
+
+use ccm_twin::ccm::prefix::PrefixConfig;
+use ccm_twin::config::{Family, FamilyConfig};
+use ccm_twin::dataset::{self, GenerateOptions, Split};
+use ccm_twin::eval::check_prefix;
+use ccm_twin::models::FamilyModels;
+
+const PER_REGIME: usize = 2;
+
+fn prefix_lands_at_every_test_regime(family: Family) {
+    let cfg = FamilyConfig::builtin(family);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("test");
+    let opts = GenerateOptions {
+        count: Some(PER_REGIME),
+        force: false,
+    };
+    dataset::generate(&cfg, Split::Test, &out, &opts, &|| {}).unwrap();
+    let data = dataset::load(&out).unwrap();
+    let models = FamilyModels::load(format!("models/{}", family.name()).as_ref()).unwrap();
+    let (lo, hi) = (cfg.parameter.lo, cfg.parameter.hi);
+    let mut report = Vec::new();
+    let checks = check_prefix(
+        &models,
+        &data,
+        cfg.time.prefix,
+        &PrefixConfig::over(cfg.parameter.readout_interval()),
+        &mut |c| {
+            report.push(format!(
+                "{} = {:.4e} ({}): best α {:+.2} (error {:.4}), prefix α {:+.2} {:?} (error {:.4}), anchor {:.4}",
+                cfg.parameter.name,
+                c.p,
+                if (lo..=hi).contains(&c.p) { "ID" } else { "OOD" },
+                c.best_alpha,
+                c.best_error,
+                c.mean_alpha(),
+                c.alphas,
+                c.mean_error(),
+                c.anchor_error
+            ))
+        },
+    )
+    .unwrap();
+    let report = report.join("\n");
+    eprintln!("{report}");
+    assert_eq!(checks.len(), cfg.parameter.test_values().len());
+    assert!(
+        checks.iter().any(|c| c.p < lo) && checks.iter().any(|c| c.p > hi),
+        "OOD regimes on both sides:\n{report}"
+    );
+    for c in &checks {
+        assert!(c.lands(0.25, 0.05), "the readout misses:\n{report}");
+    }
+}
+
+#[test]
+fn navier_stokes() {
+    prefix_lands_at_every_test_regime(Family::NavierStokes);
+}
+
+#[test]
+fn reaction_diffusion() {
+    prefix_lands_at_every_test_regime(Family::ReactionDiffusion);
+}
+
+#[test]
+fn dam_break() {
+    prefix_lands_at_every_test_regime(Family::DamBreak);
+}

@@ -10,7 +10,7 @@ use ccm_twin::ccm::prefix::{Observation, PrefixConfig, read_prefix};
 use ccm_twin::ccm::{Interval, Line};
 use ccm_twin::config::FamilyConfig;
 use ccm_twin::eval::{Scorer, groups};
-use ccm_twin::infer::TractBackend;
+use ccm_twin::infer::{Backend, TractBackend};
 use ccm_twin::models::FamilyModels;
 
 fn main() -> anyhow::Result<()> {

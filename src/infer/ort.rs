@@ -177,17 +177,6 @@ mod enabled {
             })
         }
 
-        /// The backend with the template's own weights deployed.
-        pub fn with_template_weights(
-            template: OnnxExpert,
-            options: &OrtOptions,
-        ) -> Result<Self, InferError> {
-            let weights = template.weights.clone();
-            let mut b = Self::new(template, options)?;
-            b.deploy(&weights)?;
-            Ok(b)
-        }
-
         fn prepare(&self, what: &str, e: impl std::fmt::Display) -> InferError {
             InferError::Runtime(format!(
                 "ONNX Runtime cannot prepare {} ({what}): {e}",
@@ -270,14 +259,6 @@ mod disabled {
     impl OrtBackend {
         /// Always [`InferError::NotCompiled`] in this build.
         pub fn new(_template: OnnxExpert, _options: &OrtOptions) -> Result<Self, InferError> {
-            Err(not_compiled())
-        }
-
-        /// Always [`InferError::NotCompiled`] in this build.
-        pub fn with_template_weights(
-            _template: OnnxExpert,
-            _options: &OrtOptions,
-        ) -> Result<Self, InferError> {
             Err(not_compiled())
         }
     }

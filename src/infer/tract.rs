@@ -49,8 +49,8 @@ impl Backend for TractBackend {
         self.shape
     }
 
-    /// Rebuilds and re-optimises the typed model with `weights` as initializers (a few hundred
-    /// ms for a shipped 64×64 expert in a test build; see `TECH-NOTES` for cheaper swaps).
+    /// Rebuilds and re-optimises the typed model with `weights` as initializers (~60 ms for a
+    /// shipped 64×64 expert on a loaded 2-core box; see `TECH-NOTES` for cheaper swaps).
     fn deploy(&mut self, weights: &WeightSet) -> Result<(), InferError> {
         let proto = self.template.with_weights(weights)?;
         let s = self.shape;

@@ -10,7 +10,7 @@ use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::dataset::{self, GenerateOptions, Split};
 use ccm_twin::fno::expert::{Expert, Role};
 use ccm_twin::fno::train::{self, Architecture, TrainOptions, TrainRequest};
-use ccm_twin::infer::{OnnxExpert, TractBackend};
+use ccm_twin::infer::{Backend, OnnxExpert, TractBackend};
 use ccm_twin::models::FamilyModels;
 
 fn tiny_config() -> FamilyConfig {

@@ -2,43 +2,16 @@
 //! exact weight-set round trips, and training that learns and is reproducible.
 #![cfg(feature = "train")]
 
+mod common;
+
 use burn::tensor::{Device, Tensor, TensorData};
-use ccm_twin::ccm::WeightSet;
 use ccm_twin::fno::model::{Fno, init_weights, rollout};
 use ccm_twin::fno::train::{Samples, TrainOptions, Trainer, compute_normalization};
 use ccm_twin::fno::{FnoConfig, Normalization, reference};
+use common::{random_weights, rel_l2_f32 as rel_l2, tiny_fno as tiny};
 use ndarray::Array5;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// The tiny architecture of the tests.
-fn tiny(channels: usize, t_in: usize) -> FnoConfig {
-    FnoConfig {
-        channels,
-        t_in,
-        n: 16,
-        width: 4,
-        modes: 3,
-        layers: 2,
-        hidden: 8,
-    }
-}
-
-/// Every weight uniform in ±0.5 (the spectral ones too, so every mode matters).
-fn random_weights(cfg: &FnoConfig, seed: u64) -> WeightSet {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut w = WeightSet::zeros(&cfg.param_shapes()).unwrap();
-    w.data_mut()
-        .iter_mut()
-        .for_each(|x| *x = rng.random_range(-0.5..0.5));
-    w
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
 
 fn check_against_reference(cfg: FnoConfig, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);

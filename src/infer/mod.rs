@@ -1,17 +1,48 @@
 //! Running experts and merges forward: ONNX files and the runtimes.
 //!
 //! [`onnx_model`] reads any producer's ONNX experts, checks that they share one graph and writes
-//! merged weights back; [`tract::TractBackend`] runs them (pure Rust, the default). The backend
-//! implements [`crate::ccm::prefix::Rollout`], which is how the CCM readouts roll candidates
-//! forward without knowing which runtime they use.
+//! merged weights back. A runtime is a [`Backend`]: deploy a weight set, step, roll.
+//! [`tract::TractBackend`] is pure Rust and always built; [`ort::OrtBackend`] runs ONNX Runtime,
+//! loaded at run time (cargo feature `ort`; without it the type is still there and its
+//! constructor returns [`InferError::NotCompiled`]). Every backend implements
+//! [`crate::ccm::prefix::Rollout`], which is how the CCM readouts roll candidates forward without
+//! knowing which runtime they use.
+//!
+//! ```no_run
+//! use ccm_twin::infer::{Backend, OrtBackend, OrtOptions, TractBackend};
+//! use ccm_twin::models::FamilyModels;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bundle = FamilyModels::load("models/dam_break".as_ref())?;
+//! // ONNX Runtime when it can be loaded, tract otherwise
+//! let mut backend: Box<dyn Backend> = match OrtBackend::new(bundle.anchor.clone(), &OrtOptions::default()) {
+//!     Ok(ort) => Box::new(ort),
+//!     Err(e) => {
+//!         eprintln!("{e}; using tract");
+//!         Box::new(TractBackend::new(bundle.anchor.clone())?)
+//!     }
+//! };
+//! backend.deploy(&bundle.anchor.weights)?;
+//! let shape = backend.shape();
+//! let state = vec![0.1; shape.input_len()];
+//! let mut forecast = vec![0.0; 10 * shape.frame_len()];
+//! backend.roll(&state, 10, &mut forecast)?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod onnx_model;
+pub mod ort;
 pub mod tract;
 
 pub use onnx_model::{OnnxError, OnnxExpert};
+pub use ort::{OrtBackend, OrtOptions};
 pub use tract::TractBackend;
 
-use crate::ccm::WeightError;
+use std::path::PathBuf;
+
+use crate::ccm::prefix::Rollout;
+use crate::ccm::{WeightError, WeightSet};
 
 /// Why a step or a deployment failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +78,121 @@ pub enum InferError {
     /// The runtime failed.
     #[error("{0}")]
     Runtime(String),
+    /// The runtime's shared library could not be found or loaded (ONNX Runtime).
+    #[error(
+        "cannot load ONNX Runtime from {}: {reason}. Install it with `python3 -m pip install --target DIR onnxruntime==1.32.0` and set ORT_DYLIB_PATH=DIR/onnxruntime/capi/libonnxruntime.so.1.32.0 (or give the library's path in the configuration)",
+        tried.as_ref().map_or("<no path given>".to_string(), |p| p.display().to_string())
+    )]
+    Library {
+        /// The path tried (`None` when neither an explicit path nor `ORT_DYLIB_PATH` was given).
+        tried: Option<PathBuf>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The backend was compiled out of this build.
+    #[error(
+        "the {backend} backend is not available: built without the `{feature}` feature; rebuild with --features {feature}"
+    )]
+    NotCompiled {
+        /// The backend asked for.
+        backend: &'static str,
+        /// The cargo feature that builds it.
+        feature: &'static str,
+    },
+}
+
+/// A runtime that runs one FNO expert (or merge) forward.
+///
+/// The lifecycle is `new(template)` (a backend for experts with the template's graph), then
+/// [`deploy`](Backend::deploy) a weight set (what CCM merged), then any number of
+/// [`step`](Backend::step)s and [`roll`](Backend::roll)s; deploying again replaces the weights.
+/// Stepping before the first deployment is [`InferError::NotDeployed`]. The trait is
+/// dyn-compatible, so the runtime can be chosen at run time (`Box<dyn Backend>`), and every
+/// backend is a [`Rollout`] for the CCM readouts.
+pub trait Backend {
+    /// A short name for logs and messages (`"tract"`, `"ort"`).
+    fn name(&self) -> &'static str;
+
+    /// Sizes of one step.
+    fn shape(&self) -> StepShape;
+
+    /// Makes `weights` (the template's layout) the deployed model. On error the previously
+    /// deployed model, if any, stays deployed.
+    fn deploy(&mut self, weights: &WeightSet) -> Result<(), InferError>;
+
+    /// One step: `state` holds the last `T_in` frames (oldest first, `T_in × C × n × n`), and the
+    /// next frame (`C × n × n`) is written into `out`. A state of the wrong length or holding a
+    /// non-finite value is refused ([`StepShape::check_input`]).
+    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), InferError>;
+
+    /// Rolls the deployed model `steps` steps from `initial` (`T_in` frames, oldest first),
+    /// writing the predicted frames into `out[..steps × frame_len]`; each prediction is fed back
+    /// through a sliding window of the last `T_in` frames.
+    ///
+    /// `initial` is checked like a step's input. A *prediction* that turns non-finite (the
+    /// deployed merge diverged) is not an error: it is written out, the remaining frames are
+    /// filled with NaN and the roll stops, so a caller such as the prefix guard sees the
+    /// divergence and rejects the candidate instead of aborting.
+    fn roll(&mut self, initial: &[f32], steps: usize, out: &mut [f32]) -> Result<(), InferError> {
+        let s = self.shape();
+        s.check_input(initial)?;
+        let fl = s.frame_len();
+        let needed = steps.saturating_mul(fl);
+        if out.len() < needed {
+            return Err(InferError::Shape {
+                what: "rollout buffer",
+                expected: needed,
+                found: out.len(),
+            });
+        }
+        let out = &mut out[..needed];
+        let mut window = initial.to_vec();
+        for i in 0..steps {
+            let frame = &mut out[i * fl..(i + 1) * fl];
+            self.step(&window, frame)?;
+            if frame.iter().any(|x| !x.is_finite()) {
+                out[(i + 1) * fl..].fill(f32::NAN);
+                break;
+            }
+            // slide the T_in-frame window: drop the oldest frame, append the prediction
+            window.rotate_left(fl);
+            let last = window.len() - fl;
+            window[last..].copy_from_slice(frame);
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn shape(&self) -> StepShape {
+        (**self).shape()
+    }
+    fn deploy(&mut self, weights: &WeightSet) -> Result<(), InferError> {
+        (**self).deploy(weights)
+    }
+    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), InferError> {
+        (**self).step(state, out)
+    }
+    fn roll(&mut self, initial: &[f32], steps: usize, out: &mut [f32]) -> Result<(), InferError> {
+        (**self).roll(initial, steps, out)
+    }
+}
+
+impl<B: Backend + ?Sized> Rollout for B {
+    type Error = InferError;
+    fn rollout(
+        &mut self,
+        theta: &WeightSet,
+        initial: &[f32],
+        steps: usize,
+        out: &mut [f32],
+    ) -> Result<(), InferError> {
+        self.deploy(theta)?;
+        self.roll(initial, steps, out)
+    }
 }
 
 /// Sizes of one step of an FNO expert.
@@ -87,7 +233,8 @@ impl StepShape {
         self.t_in * self.frame_len()
     }
 
-    fn check_input(&self, state: &[f32]) -> Result<(), InferError> {
+    /// Checks a step's input: `T_in` frames, all values finite.
+    pub fn check_input(&self, state: &[f32]) -> Result<(), InferError> {
         if state.len() != self.input_len() {
             return Err(InferError::Shape {
                 what: "input state",
@@ -101,7 +248,8 @@ impl StepShape {
         Ok(())
     }
 
-    fn check_output(&self, out: &[f32]) -> Result<(), InferError> {
+    /// Checks a step's output buffer: one frame.
+    pub fn check_output(&self, out: &[f32]) -> Result<(), InferError> {
         if out.len() != self.frame_len() {
             return Err(InferError::Shape {
                 what: "output frame",

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use ccm_twin::ccm::prefix::PrefixConfig;
 use ccm_twin::config::FamilyConfig;
 use ccm_twin::eval::check_prefix;
 use ccm_twin::models::FamilyModels;
@@ -35,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         &bundle,
         &data,
         family.time.prefix,
-        &PrefixConfig::over(family.parameter.readout_interval()),
+        &bundle.prefix_config(),
         &mut |c| {
             let spread = (c
                 .alphas

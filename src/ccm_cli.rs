@@ -67,6 +67,9 @@ pub struct CalibrateArgs {
     /// Interval searched for the best α of each regime.
     #[arg(long, default_value_t = 3.0)]
     reach: f64,
+    /// Keep the manifest's map and γ; refit only CCM-Prefix's debiasing gain on `--calib`.
+    #[arg(long)]
+    prefix_only: bool,
 }
 
 #[cfg(feature = "train")]
@@ -91,9 +94,25 @@ pub fn calibrate(args: CalibrateArgs) -> Result<()> {
         lo: -args.reach,
         hi: args.reach,
     };
-    let cal = ccm_twin::eval::calibrate(&bundle, &calib, val.as_ref(), interval, skip, &mut |m| {
-        eprintln!("  {m}")
-    })?;
+    let mut cal = match (&bundle.manifest.calibration, args.prefix_only) {
+        (Some(c), true) => c.clone(),
+        (None, true) => anyhow::bail!(
+            "{} has no calibration to keep; run `ccm-twin calibrate` without --prefix-only",
+            args.dir.display()
+        ),
+        (_, false) => {
+            ccm_twin::eval::calibrate(&bundle, &calib, val.as_ref(), interval, skip, &mut |m| {
+                eprintln!("  {m}")
+            })?
+        }
+    };
+    cal.prefix = ccm_twin::eval::calibrate_prefix(
+        &bundle,
+        &cal,
+        &calib,
+        family_cfg.time.prefix,
+        &mut |m| eprintln!("  {m}"),
+    )?;
     eprintln!("{}", describe(&cal));
     bundle.manifest.calibration = Some(cal);
     models::write_manifest(&bundle.manifest, &args.dir)?;
@@ -214,11 +233,15 @@ fn describe(c: &ccm_twin::models::Calibration) -> String {
         .map(|(s, a)| format!("({s:+.2}, {a:+.2})"))
         .collect();
     format!(
-        "calibrated map s(p) → α: knots {}; slope beyond {:.3}; CCM-Scale γ {}",
+        "calibrated map s(p) → α: knots {}; slope beyond {:.3}; CCM-Scale γ {}; CCM-Prefix gain {}",
         knots.join(" "),
         c.map.slope,
         c.scale
             .map(|s| format!("{:.3}", s.gamma))
+            .unwrap_or_else(|| "not fitted".into()),
+        c.prefix
+            .as_ref()
+            .map(|p| format!("{:.3}", p.gain))
             .unwrap_or_else(|| "not fitted".into())
     )
 }

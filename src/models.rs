@@ -51,6 +51,32 @@ pub struct Calibration {
     pub interval: Interval,
     /// Rollout horizon the errors were measured over.
     pub horizon: usize,
+    /// CCM-Prefix's debiasing gain, fitted on the same split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixCalibration>,
+}
+
+/// CCM-Prefix's debiasing gain: per calibration regime, the mean `α` read out of the prefixes
+/// against the best `α` (least squares through the origin: `best ≈ gain · read`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrefixCalibration {
+    /// The gain.
+    pub gain: f64,
+    /// Per calibration regime: `(p, mean α read out of the prefixes, best α)`.
+    pub points: Vec<[f64; 3]>,
+}
+
+impl PrefixCalibration {
+    /// Fits the gain to `(p, read α, best α)` points; `None` when the read α's hold too little
+    /// signal (`Σ read² < 0.05`) for a slope.
+    pub fn fit(points: Vec<[f64; 3]>) -> Option<Self> {
+        let sxx: f64 = points.iter().map(|r| r[1] * r[1]).sum();
+        let sxy: f64 = points.iter().map(|r| r[1] * r[2]).sum();
+        (sxx >= 0.05 && sxy > 0.0).then(|| PrefixCalibration {
+            gain: sxy / sxx,
+            points,
+        })
+    }
 }
 
 /// The bundle manifest.
@@ -200,6 +226,21 @@ pub struct FamilyModels {
 }
 
 impl FamilyModels {
+    /// The prefix readout's settings for this family: the interval from the family's service
+    /// range, the gain from the calibration (1 when there is none).
+    pub fn prefix_config(&self) -> crate::ccm::prefix::PrefixConfig {
+        let family = crate::config::FamilyConfig::builtin(self.manifest.family);
+        crate::ccm::prefix::PrefixConfig {
+            gain: self
+                .manifest
+                .calibration
+                .as_ref()
+                .and_then(|c| c.prefix.as_ref())
+                .map_or(1.0, |p| p.gain),
+            ..crate::ccm::prefix::PrefixConfig::over(family.parameter.readout_interval())
+        }
+    }
+
     /// Reads and verifies a bundle.
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join("manifest.json");

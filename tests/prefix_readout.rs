@@ -5,7 +5,6 @@
 //! The trajectories are the test split's own (same seeds), generated here: two per regime in CI.
 //! `cargo run --example prefix_readout -- models/<family> data/<family>/test` runs the whole split.
 
-use ccm_twin::ccm::prefix::PrefixConfig;
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::dataset::{self, GenerateOptions, Split};
 use ccm_twin::eval::check_prefix;
@@ -30,7 +29,7 @@ fn prefix_lands_at_every_test_regime(family: Family) {
         &models,
         &data,
         cfg.time.prefix,
-        &PrefixConfig::over(cfg.parameter.readout_interval()),
+        &models.prefix_config(),
         &mut |c| {
             report.push(format!(
                 "{} = {:.4e} ({}): best α {:+.2} (error {:.4}), prefix α {:+.2} {:?} (error {:.4}), anchor {:.4}",

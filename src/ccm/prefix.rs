@@ -87,6 +87,16 @@ pub struct PrefixConfig {
     pub tolerance: f64,
     /// Relative error band that defines the reported confidence interval.
     pub confidence_band: f64,
+    /// Debiasing gain: the prefix error's minimum lies closer to the centre of the line than the
+    /// long-horizon best α does (the error floor of the first frames hides how far the regime
+    /// is), so the chosen `α` is multiplied by this gain, fitted once on the `calib` split
+    /// (`ccm-twin calibrate`), and kept inside the stable candidates around the choice.
+    #[serde(default = "unit_gain")]
+    pub gain: f64,
+}
+
+fn unit_gain() -> f64 {
+    1.0
 }
 
 impl Default for PrefixConfig {
@@ -99,6 +109,7 @@ impl Default for PrefixConfig {
             max_growth: 1.5,
             tolerance: 0.05,
             confidence_band: 0.10,
+            gain: 1.0,
         }
     }
 }
@@ -150,8 +161,10 @@ pub struct Candidate {
 pub struct PrefixReadout {
     /// The chosen coordinate.
     pub alpha: f64,
-    /// Its prefix error.
+    /// The prefix error of the choice before the gain (`raw_alpha`).
     pub error: f64,
+    /// The choice before the debiasing gain (prior and guard applied).
+    pub raw_alpha: f64,
     /// The coordinate with the smallest prefix error, guard and prior ignored.
     pub unguarded_alpha: f64,
     /// Coordinates whose (accepted) prefix error is within `confidence_band` of the best:
@@ -434,9 +447,19 @@ pub fn read_prefix<R: Rollout>(
         }
         None => best,
     };
+    // the gain moves the choice along the line, but not past a rejected candidate
+    let at = curve
+        .iter()
+        .position(|c| c.alpha == chosen.alpha)
+        .expect("the choice is on the curve");
+    let stable = |i: &usize| curve[*i].rejected.is_none();
+    let lo = (0..=at).rev().take_while(stable).last().unwrap_or(at);
+    let hi = (at..curve.len()).take_while(stable).last().unwrap_or(at);
+    let alpha = (cfg.gain * chosen.alpha).clamp(curve[lo].alpha, curve[hi].alpha);
     Ok(PrefixReadout {
-        alpha: chosen.alpha,
+        alpha,
         error: chosen.error,
+        raw_alpha: chosen.alpha,
         unguarded_alpha: unguarded.alpha,
         confidence,
         curve,
@@ -597,6 +620,49 @@ mod tests {
             trusted.clone().count() >= 9 && trusted.all(|c| c.growth > 1.5),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn the_gain_scales_the_choice_but_not_past_an_unstable_merge() {
+        // clean prefix at α = 0.6; a gain of 1.5 moves it to 0.9
+        let l = line(1.0, 1.1);
+        let mut buf = l.buffer();
+        let obs_frames = frames(1.08, 4);
+        let obs = Observation {
+            frames: &obs_frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        };
+        let cfg = PrefixConfig {
+            max_growth: 10.0,
+            gain: 1.5,
+            ..Default::default()
+        };
+        let r = read_prefix(&l, &mut buf, &mut Growth, obs, None, &cfg).unwrap();
+        assert!((r.raw_alpha - 0.6).abs() < 0.02, "{r:?}");
+        assert!((r.alpha - 1.5 * r.raw_alpha).abs() < 1e-12, "{r:?}");
+        // the diverging case of the guard test: a gain of 3 would land past the stable region
+        let l = line(0.88, 1.12);
+        let obs_frames = [1.0, 1.26, 1.5, 1.8];
+        let obs = Observation {
+            frames: &obs_frames,
+            ..obs
+        };
+        let cfg = PrefixConfig {
+            gain: 3.0,
+            ..Default::default()
+        };
+        let r = read_prefix(&l, &mut buf, &mut Growth, obs, None, &cfg).unwrap();
+        let first_rejected = r
+            .curve
+            .iter()
+            .filter(|c| c.alpha > r.raw_alpha && c.rejected.is_some())
+            .map(|c| c.alpha)
+            .fold(f64::INFINITY, f64::min);
+        assert!(3.0 * r.raw_alpha > first_rejected, "the gain alone would overshoot");
+        assert!(r.alpha >= r.raw_alpha && r.alpha < first_rejected, "{r:?}");
+        assert!(r.curve.iter().any(|c| c.alpha == r.alpha && c.rejected.is_none()));
     }
 
     #[test]

@@ -204,6 +204,7 @@ pub fn calibrate(
         points,
         interval,
         horizon,
+        prefix: None,
     })
 }
 
@@ -271,7 +272,6 @@ pub fn check_prefix(
     cfg: &crate::ccm::prefix::PrefixConfig,
     progress: &mut dyn FnMut(&PrefixCheck),
 ) -> Result<Vec<PrefixCheck>, EvalError> {
-    use crate::ccm::prefix::{Observation, read_prefix};
     let m = &models.manifest;
     let t_in = m.model.t_in;
     if k <= t_in {
@@ -282,7 +282,6 @@ pub fn check_prefix(
     let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
     let mut buffer = line.buffer();
     let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
-    let frame_len = backend.shape().frame_len();
     let scorer = Scorer::new(m.model, m.normalization.clone(), data, usize::MAX, k - t_in);
     // the best α in hindsight is searched 1 further on each side than the readout may go
     let hindsight = Interval {
@@ -293,20 +292,11 @@ pub fn check_prefix(
     let mut out = Vec::new();
     for (p, idx) in groups(data) {
         let (best_alpha, best_error, _) = scorer.best_alpha(&line, hindsight, coarse, 6, &idx);
-        let (mut alphas, mut errors) = (Vec::new(), Vec::new());
-        for &i in &idx {
-            let traj = data.trajectories.index_axis(ndarray::Axis(0), i);
-            let frames: Vec<f32> = traj.iter().take(k * frame_len).copied().collect();
-            let obs = Observation {
-                frames: &frames,
-                frame_len,
-                t_in,
-                mask: None,
-            };
-            let r = read_prefix(&line, &mut buffer, &mut backend, obs, None, cfg)?;
-            line.merge_into(r.alpha as f32, &mut buffer)?;
+        let alphas = read_alphas(&line, &mut buffer, &mut backend, data, &idx, k, cfg)?;
+        let mut errors = Vec::new();
+        for (&i, &a) in idx.iter().zip(&alphas) {
+            line.merge_into(a as f32, &mut buffer)?;
             errors.push(scorer.errors(&buffer, &[i])[0]);
-            alphas.push(r.alpha);
         }
         let check = PrefixCheck {
             p,
@@ -320,4 +310,73 @@ pub fn check_prefix(
         out.push(check);
     }
     Ok(out)
+}
+
+/// The α CCM-Prefix reads out of the first `k` frames of each trajectory `idx` of `data`.
+fn read_alphas(
+    line: &Line,
+    buffer: &mut WeightSet,
+    backend: &mut crate::infer::TractBackend,
+    data: &Dataset,
+    idx: &[usize],
+    k: usize,
+    cfg: &crate::ccm::prefix::PrefixConfig,
+) -> Result<Vec<f64>, EvalError> {
+    use crate::ccm::prefix::{Observation, read_prefix};
+    use crate::infer::Backend as _;
+    let shape = backend.shape();
+    let frame_len = shape.frame_len();
+    idx.iter()
+        .map(|&i| {
+            let traj = data.trajectories.index_axis(ndarray::Axis(0), i);
+            let frames: Vec<f32> = traj.iter().take(k * frame_len).copied().collect();
+            let obs = Observation {
+                frames: &frames,
+                frame_len,
+                t_in: shape.t_in,
+                mask: None,
+            };
+            Ok(read_prefix(line, buffer, backend, obs, None, cfg)?.alpha)
+        })
+        .collect()
+}
+
+/// Fits CCM-Prefix's debiasing gain on `calib`: per regime, the mean α read out of the first
+/// `k` frames (gain 1) against the best α the calibration found for it (`calibration.points`).
+pub fn calibrate_prefix(
+    models: &FamilyModels,
+    calibration: &Calibration,
+    calib: &Dataset,
+    k: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<crate::models::PrefixCalibration>, EvalError> {
+    let cfg = crate::ccm::prefix::PrefixConfig {
+        gain: 1.0,
+        ..models.prefix_config()
+    };
+    let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
+    let mut buffer = line.buffer();
+    let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
+    let mut points = Vec::new();
+    for (p, idx) in groups(calib) {
+        let Some(best) = calibration
+            .points
+            .iter()
+            .find(|r| (r[0] - p).abs() <= 1e-9 * p.abs())
+        else {
+            return Err(EvalError::Setup(format!(
+                "{} = {p:e} of the calib split has no calibration point; run the whole \
+                 `ccm-twin calibrate` on this split first",
+                models.manifest.parameter.name
+            )));
+        };
+        let alphas = read_alphas(&line, &mut buffer, &mut backend, calib, &idx, k, &cfg)?;
+        let read = alphas.iter().sum::<f64>() / alphas.len() as f64;
+        progress(&format!(
+            "{} = {p:.4e}: prefix α = {read:+.3} (best {:+.3})",
+            models.manifest.parameter.name, best[2]
+        ));
+        points.push([p, read, best[2]]);
+    }
+    Ok(crate::models::PrefixCalibration::fit(points))
 }

@@ -660,9 +660,16 @@ mod tests {
             .filter(|c| c.alpha > r.raw_alpha && c.rejected.is_some())
             .map(|c| c.alpha)
             .fold(f64::INFINITY, f64::min);
-        assert!(3.0 * r.raw_alpha > first_rejected, "the gain alone would overshoot");
+        assert!(
+            3.0 * r.raw_alpha > first_rejected,
+            "the gain alone would overshoot"
+        );
         assert!(r.alpha >= r.raw_alpha && r.alpha < first_rejected, "{r:?}");
-        assert!(r.curve.iter().any(|c| c.alpha == r.alpha && c.rejected.is_none()));
+        assert!(
+            r.curve
+                .iter()
+                .any(|c| c.alpha == r.alpha && c.rejected.is_none())
+        );
     }
 
     #[test]

@@ -45,8 +45,10 @@
 
 pub mod bridge;
 pub mod broker;
+pub mod demo;
 pub mod forecaster;
 pub mod mqtt;
+pub mod serve;
 pub mod simulator;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -281,7 +281,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
     let mut next_send = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
-        if sent == opts.frames && received.len() >= opts.frames - k + 1 {
+        if sent == opts.frames && received.len() > opts.frames - k {
             break;
         }
         anyhow::ensure!(

@@ -160,7 +160,7 @@ impl StationConfig {
                     channels.join(", ")
                 ));
             }
-            if !(a.clear_below <= a.above) {
+            if a.clear_below.is_nan() || a.above.is_nan() || a.clear_below > a.above {
                 problems.push(format!(
                     "alerts[{i}]: clear_below ({}) must not exceed above ({})",
                     a.clear_below, a.above

@@ -1,7 +1,7 @@
 //! `ccm-twin demo`: the whole edge system in one process, on a regime outside the trained range.
 //!
 //! An embedded MQTT broker (unless one is given), a simulated station publishing frames of a PDE
-//! solver at an OOD parameter, the runtime ([`serve`](super::serve::serve)) reading `α` from the
+//! solver at an OOD parameter, the runtime ([`serve`]) reading `α` from the
 //! first `K` frames and forecasting, and an observer that receives the forecasts over MQTT and
 //! scores them against the simulator's truth as it arrives, next to the family anchor rolled from
 //! the same frame. Returns a [`DemoSummary`]; the CLI prints progress and writes a PNG.

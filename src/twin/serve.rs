@@ -6,8 +6,9 @@
 //! firmware-bridge protocol (rejections are counted by reason), feeds the frames to a
 //! [`Forecaster`] (which runs on a blocking thread, off the MQTT event loop), and publishes each
 //! forecast (QoS 1) on `ccm/<station>/forecast`, a retained status on `ccm/<station>/status` after
-//! every cycle, and alerts on `ccm/<station>/alerts`. The broker holds an `offline` status as the
-//! last will; a clean shutdown publishes it too.
+//! every cycle, and alerts on `ccm/<station>/alerts`. The subscription uses a persistent session
+//! (the broker queues frames while the runtime reconnects). The broker holds an `offline` status
+//! as the last will; a clean shutdown publishes it too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -281,6 +282,8 @@ pub async fn serve(
             .unwrap_or_else(|| format!("ccm-twin-{station}")),
     );
     link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
+    // a persistent session: the broker queues the station's frames while the runtime reconnects
+    link_opts.clean_session = false;
     link_opts.last_will = Some(LastWill {
         topic: topic(Topic::Status),
         payload: offline,

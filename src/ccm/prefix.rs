@@ -502,6 +502,16 @@ mod tests {
         Line::through_endpoints(w(g_low), w(g_high)).unwrap()
     }
 
+    /// A prefix of one-value frames, `T_in = 1`, every cell observed.
+    fn scalar(frames: &[f32]) -> Observation<'_> {
+        Observation {
+            frames,
+            frame_len: 1,
+            t_in: 1,
+            mask: None,
+        }
+    }
+
     fn frames(g: f64, k: usize) -> Vec<f32> {
         (0..k).map(|i| g.powi(i as i32) as f32).collect()
     }
@@ -512,12 +522,7 @@ mod tests {
         let l = line(1.0, 1.1);
         let mut buf = l.buffer();
         let obs_frames = frames(1.08, 4);
-        let obs = Observation {
-            frames: &obs_frames,
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&obs_frames);
         let cfg = PrefixConfig {
             max_growth: 10.0,
             ..Default::default()
@@ -537,12 +542,7 @@ mod tests {
         let l = line(0.88, 1.12);
         let mut buf = l.buffer();
         let obs_frames = [1.0, 1.26, 1.5, 1.8];
-        let obs = Observation {
-            frames: &obs_frames,
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&obs_frames);
         let unguarded = PrefixConfig {
             guard_steps: 0,
             ..Default::default()
@@ -598,12 +598,7 @@ mod tests {
         let l = line(1.12, 1.2);
         let mut buf = l.buffer();
         let obs_frames = frames(1.136, 4);
-        let obs = Observation {
-            frames: &obs_frames,
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&obs_frames);
         let r = read_prefix(
             &l,
             &mut buf,
@@ -628,12 +623,7 @@ mod tests {
         let l = line(1.0, 1.1);
         let mut buf = l.buffer();
         let obs_frames = frames(1.08, 4);
-        let obs = Observation {
-            frames: &obs_frames,
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&obs_frames);
         let cfg = PrefixConfig {
             max_growth: 10.0,
             gain: 1.5,
@@ -645,10 +635,7 @@ mod tests {
         // the diverging case of the guard test: a gain of 3 would land past the stable region
         let l = line(0.88, 1.12);
         let obs_frames = [1.0, 1.26, 1.5, 1.8];
-        let obs = Observation {
-            frames: &obs_frames,
-            ..obs
-        };
+        let obs = scalar(&obs_frames);
         let cfg = PrefixConfig {
             gain: 3.0,
             ..Default::default()
@@ -678,12 +665,7 @@ mod tests {
         let l = line(0.9, 1.1);
         let mut buf = l.buffer();
         let obs_frames = [0.0, 0.0, 0.0, 0.0, 1e-30];
-        let obs = Observation {
-            frames: &obs_frames,
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&obs_frames);
         let cfg = PrefixConfig {
             guard_steps: 0,
             ..Default::default()
@@ -738,12 +720,7 @@ mod tests {
     fn short_prefixes_are_refused() {
         let l = line(1.0, 1.1);
         let mut buf = l.buffer();
-        let obs = Observation {
-            frames: &[1.0],
-            frame_len: 1,
-            t_in: 1,
-            mask: None,
-        };
+        let obs = scalar(&[1.0]);
         let err = read_prefix(
             &l,
             &mut buf,

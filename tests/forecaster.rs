@@ -171,3 +171,30 @@ fn a_gap_past_the_reorder_window_restarts_the_prefix() {
         "a forecast once K frames follow the gap"
     );
 }
+
+#[test]
+fn a_regime_change_mid_stream_is_read_again() {
+    // the same reservoir (same seed) under smooth and then rough bed friction: frames 0–3 from
+    // n = 0.0125, frames 4–11 from n = 0.1 — as if the flood reached a vegetated floodplain
+    let (cfg, smooth) = truth(P_OOD, 21);
+    let (_, rough) = truth(0.1, 21);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let k = cfg.time.prefix;
+    let (_, mut f) = setup(ReadoutMode::Prefix);
+    let mut alphas = Vec::new();
+    for s in 0..3 * k {
+        let src = if s < k { &smooth } else { &rough };
+        if let Progress::Forecast(v) = f.push(s as u32, 0, &src[s * fl..(s + 1) * fl]).unwrap() {
+            if v.new_readout {
+                alphas.push((s, v.deployment.alpha, v.deployment.readouts));
+            }
+        }
+    }
+    eprintln!("readouts (frame, α, count): {alphas:?}");
+    assert_eq!(alphas[0].0, k - 1);
+    assert!(alphas[0].1 < -1.0, "{alphas:?}");
+    assert!(alphas.len() >= 2, "the drift was not noticed: {alphas:?}");
+    let last = alphas.last().unwrap();
+    assert!(last.1 > 0.0, "re-read towards the rough regime: {alphas:?}");
+    assert_eq!(last.2 as usize, alphas.len());
+}

@@ -184,10 +184,11 @@ fn a_regime_change_mid_stream_is_read_again() {
     let mut alphas = Vec::new();
     for s in 0..3 * k {
         let src = if s < k { &smooth } else { &rough };
-        if let Progress::Forecast(v) = f.push(s as u32, 0, &src[s * fl..(s + 1) * fl]).unwrap() {
-            if v.new_readout {
-                alphas.push((s, v.deployment.alpha, v.deployment.readouts));
-            }
+        let progress = f.push(s as u32, 0, &src[s * fl..(s + 1) * fl]).unwrap();
+        if let Progress::Forecast(v) = progress
+            && v.new_readout
+        {
+            alphas.push((s, v.deployment.alpha, v.deployment.readouts));
         }
     }
     eprintln!("readouts (frame, α, count): {alphas:?}");

@@ -23,6 +23,16 @@ fn merge_vs_copy(c: &mut Criterion) {
     g.bench_function("plain copy of the weight bytes", |b| {
         b.iter(|| buffer.data_mut().copy_from_slice(black_box(&source)))
     });
+    // the merge's own memory traffic (read two buffers, write one) with the least arithmetic
+    let other = bundle.high.weights.data().to_vec();
+    g.bench_function("sum of two weight buffers (same traffic as a merge)", |b| {
+        b.iter(|| {
+            for ((o, x), y) in buffer.data_mut().iter_mut().zip(&source).zip(&other) {
+                *o = x + y;
+            }
+            black_box(buffer.data()[0])
+        })
+    });
     let mut alpha = 0.0f32;
     g.bench_function("merge theta(alpha) in place", |b| {
         b.iter(|| {

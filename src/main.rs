@@ -71,6 +71,11 @@ enum Command {
     Simulate(twin_cli::SimulateArgs),
     /// Forward COBS-framed sensor frames from stdin, UDP or a serial device to MQTT.
     Bridge(twin_cli::BridgeArgs),
+    /// Serve a station: frames in over MQTT, CCM readout, forecasts, status and alerts out.
+    Serve(twin_cli::ServeArgs),
+    /// The whole system in one process: broker, a simulated station outside the trained range,
+    /// the runtime, and the forecasts scored against the truth as it arrives.
+    Demo(twin_cli::DemoArgs),
     /// Train an FNO expert: the family anchor from scratch, or an endpoint / oracle expert
     /// fine-tuned from the anchor.
     Train(TrainArgs),
@@ -240,6 +245,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Simulate(args) => twin_cli::simulate(args),
         Command::Bridge(args) => twin_cli::bridge(args),
+        Command::Serve(args) => twin_cli::serve(args),
+        Command::Demo(args) => twin_cli::demo(args),
         Command::Train(args) => train_cmd::train(args),
         Command::Export(args) => ccm_cli::export(args),
         Command::Inspect(args) => ccm_cli::inspect(args),

@@ -238,3 +238,121 @@ pub fn bridge(args: BridgeArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The station's config (see configs/station.toml).
+    #[arg(long, value_name = "PATH")]
+    config: PathBuf,
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c().await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let cfg = ccm_twin::twin::serve::StationConfig::load(&args.config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        tracing::info!(
+            station = %cfg.station.id,
+            broker = %format!("{}:{}", cfg.broker.host, cfg.broker.port),
+            "serving; Ctrl-C or SIGTERM stops cleanly"
+        );
+        let summary = ccm_twin::twin::serve::serve(
+            &cfg,
+            async {
+                shutdown_signal().await;
+                tracing::info!(
+                    "shutting down: the current cycle is abandoned, offline status published"
+                );
+            },
+            None,
+        )
+        .await?;
+        eprintln!(
+            "served {} frames, {} forecasts, {} alerts; last α {}",
+            summary.counters.frames_received,
+            summary.counters.forecasts_published,
+            summary.counters.alerts_published,
+            summary
+                .alpha
+                .map(|a| format!("{a:+.2}"))
+                .unwrap_or_else(|| "none".into())
+        );
+        Ok(())
+    })
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Family: dam_break (default), reaction_diffusion or navier_stokes.
+    #[arg(long, default_value = "dam_break")]
+    family: Family,
+    /// The station's true regime (default: the family's first out-of-range test value).
+    #[arg(long, allow_negative_numbers = true)]
+    p: Option<f64>,
+    /// Frames the station sends.
+    #[arg(long, default_value_t = 12)]
+    frames: usize,
+    /// Milliseconds between frames.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    /// Use this MQTT broker instead of starting an embedded one.
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<BrokerAddress>,
+    /// The model bundle (default models/<family>).
+    #[arg(long)]
+    models: Option<PathBuf>,
+}
+
+pub fn demo(args: DemoArgs) -> Result<()> {
+    use ccm_twin::twin::demo::{DemoOptions, run};
+    let mut opts = DemoOptions::new(args.family);
+    opts.p = args.p;
+    opts.frames = args.frames;
+    opts.frame_interval = Duration::from_millis(args.interval_ms);
+    opts.broker = args.broker;
+    if let Some(m) = args.models {
+        opts.models = m;
+    }
+    let rt = runtime()?;
+    let s = rt.block_on(run(opts, &mut |line| eprintln!("  {line}")))?;
+    eprintln!();
+    eprintln!("summary ({:.1} s):", s.seconds);
+    eprintln!(
+        "  true regime p = {} (s(p) = {:+.2}); α read from the prefix {}; calibrated α for the true p {}",
+        s.p,
+        s.coordinate,
+        s.alpha
+            .map(|a| format!("{a:+.2}"))
+            .unwrap_or_else(|| "none".into()),
+        s.calibrated_alpha
+            .map(|a| format!("{a:+.2}"))
+            .unwrap_or_else(|| "none".into())
+    );
+    if let Some((ccm, anchor)) = s.mean_errors() {
+        eprintln!(
+            "  {} forecasts: mean error {ccm:.3} vs the family anchor's {anchor:.3} ({:+.0} %)",
+            s.forecasts.len(),
+            100.0 * (ccm - anchor) / anchor
+        );
+    }
+    eprintln!("  {} alert message(s)", s.alerts.len());
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! The ONNX export, run in tract, against numpy's forward of the same model.
+//! The ONNX export, run in tract and in ONNX Runtime, against numpy's forward of the same model.
 
 mod common;
 
@@ -33,6 +33,29 @@ fn tract_runs_the_export_like_numpy() {
     let y = run_tract(&bytes, &m.input, [1, c_in, n, n]);
     let err = common::rel_l2(&y, &m.output);
     eprintln!("tract vs numpy: relative L2 {err:.2e}");
+    assert!(err <= 1e-5, "relative L2 {err:e}");
+}
+
+#[test]
+fn onnx_runtime_runs_the_export_like_numpy() {
+    let Some(library) = common::ort_library("onnx_runtime_runs_the_export_like_numpy") else {
+        return;
+    };
+    use ccm_twin::infer::{Backend, OnnxExpert, ort::OrtBackend, ort::OrtOptions};
+    let m = common::reference_model();
+    let bytes = onnx::export_bytes(&m.cfg, &m.norm, &m.weights).unwrap();
+    let expert = OnnxExpert::from_bytes(&bytes, std::path::Path::new("reference.onnx")).unwrap();
+    let weights = expert.weights.clone();
+    let opts = OrtOptions {
+        library: Some(library),
+        ..OrtOptions::default()
+    };
+    let mut ort = OrtBackend::new(expert, &opts).unwrap();
+    ort.deploy(&weights).unwrap();
+    let mut y = vec![0.0; m.output.len()];
+    ort.step(&m.input, &mut y).unwrap();
+    let err = common::rel_l2(&y, &m.output);
+    eprintln!("ONNX Runtime vs numpy: relative L2 {err:.2e}");
     assert!(err <= 1e-5, "relative L2 {err:e}");
 }
 

@@ -64,8 +64,7 @@ impl Topic {
     /// The QoS to publish (and subscribe) with.
     pub const fn qos(self) -> QoS {
         match self {
-            Self::Forecast => QoS::AtMostOnce,
-            Self::Frames | Self::Status | Self::Alerts => QoS::AtLeastOnce,
+            Self::Frames | Self::Forecast | Self::Status | Self::Alerts => QoS::AtLeastOnce,
         }
     }
 

@@ -12,6 +12,9 @@
 //!   a PDE solver; yields [`SensorFrame`](firmware_bridge::SensorFrame)s (full field or sensor
 //!   points, noise, dropped frames, i16 quantisation), and [`run_simulation`](simulator::run_simulation)
 //!   publishes them at a given pace.
+//! * [`forecaster`] — [`Forecaster`](forecaster::Forecaster): the runtime's core without IO:
+//!   frames in sequence order → prefix → CCM readout → in-place merge → `H`-step forecast, with
+//!   nowcasts on every new frame and a re-read when the regime drifts.
 //! * [`bridge`] — [`Bridge`](bridge::Bridge): reads COBS-framed messages from stdin, UDP or a
 //!   serial device, validates them, reassembles chunks and forwards frames to MQTT, counting
 //!   every rejection by reason.
@@ -42,7 +45,10 @@
 
 pub mod bridge;
 pub mod broker;
+pub mod demo;
+pub mod forecaster;
 pub mod mqtt;
+pub mod serve;
 pub mod simulator;
 
 use std::time::{SystemTime, UNIX_EPOCH};

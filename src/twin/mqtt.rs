@@ -246,6 +246,9 @@ pub struct LinkOptions {
     pub incoming_capacity: usize,
     /// Registered with the broker at every connection.
     pub last_will: Option<LastWill>,
+    /// `false` asks the broker for a persistent session: it keeps the subscriptions and queues
+    /// QoS 1 messages for this client id while it is away (the runtime's frame subscription).
+    pub clean_session: bool,
 }
 
 impl LinkOptions {
@@ -265,6 +268,7 @@ impl LinkOptions {
             subscriptions: Vec::new(),
             incoming_capacity: 1024,
             last_will: None,
+            clean_session: true,
         }
     }
 }
@@ -527,7 +531,7 @@ impl MqttLink {
         );
         mqtt.set_max_packet_size(opts.max_packet_size, opts.max_packet_size)
             .set_keep_alive(opts.keep_alive)
-            .set_clean_session(true)
+            .set_clean_session(opts.clean_session)
             // Packet ids cycle through 1..=inflight: twice the window can never collide.
             .set_inflight(u16::try_from(2 * opts.in_flight + 2).unwrap_or(u16::MAX));
         if let Some(will) = &opts.last_will {

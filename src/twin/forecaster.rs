@@ -1,0 +1,528 @@
+//! The forecasting core of the runtime, free of MQTT: frames in, forecasts out.
+//!
+//! [`Forecaster`] takes a station's decoded frames in any order, puts them back in sequence
+//! order within a small window, and keeps the last `K` consecutive ones. Once `K` are there it
+//! reads the coordinate `α` (CCM-Prefix from those frames, or the calibrated map when the station's
+//! `p` is known), merges `θ(α)` in place into one weight buffer, deploys it, and rolls `H` steps
+//! forward from the latest frame. Every later frame re-anchors the rollout on itself (a nowcast);
+//! the deployed `α` is re-read when its fit on the latest `K` frames grows past a bound (the regime
+//! drifted).
+//!
+//! Gaps: a frame that is more than `reorder_window` sequence numbers ahead of the one awaited
+//! gives up on the missing ones (counted as lost) and restarts the prefix at the earliest frame
+//! held, because the model needs consecutive frames. Duplicates and frames older than the one
+//! awaited are refused and counted; a frame of the wrong size or with non-finite values is refused
+//! with a clear error, and the forecaster keeps serving on what it had.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use crate::ccm::prefix::{Observation, PrefixConfig, PrefixError, read_prefix};
+use crate::ccm::{Interval, Line, WeightSet};
+use crate::infer::{Backend, InferError, StepShape};
+use crate::models::FamilyModels;
+
+/// How the coordinate is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadoutMode {
+    /// From the observed prefix (the regime is unknown).
+    Prefix,
+    /// From the calibrated map at a known `p` (the coordinate `s(p)` when the bundle has no
+    /// calibration).
+    Known {
+        /// The station's regime parameter.
+        p: f64,
+    },
+}
+
+/// Settings of a [`Forecaster`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForecasterOptions {
+    /// How `α` is read.
+    pub readout: ReadoutMode,
+    /// Frames in the prefix (`K`).
+    pub prefix: usize,
+    /// Forecast steps (`H`).
+    pub horizon: usize,
+    /// Frames may arrive this many sequence numbers early before the missing ones are given up.
+    pub reorder_window: u32,
+    /// Re-read `α` when the deployed merge's fit error on the latest `K` frames exceeds this
+    /// factor times its fit error at the readout (and `drift_floor`).
+    pub drift_factor: f64,
+    /// Fit errors below this never count as drift.
+    pub drift_floor: f64,
+    /// The prefix readout's settings.
+    pub prefix_config: PrefixConfig,
+}
+
+impl ForecasterOptions {
+    /// The family's defaults for `models`: `K` and `H` from the family config, the prefix
+    /// readout the bundle calibrated.
+    pub fn for_bundle(models: &FamilyModels, readout: ReadoutMode) -> Self {
+        let family = crate::config::FamilyConfig::builtin(models.manifest.family);
+        ForecasterOptions {
+            readout,
+            prefix: family.time.prefix,
+            horizon: family.time.horizon,
+            reorder_window: 4,
+            drift_factor: 2.0,
+            drift_floor: 0.02,
+            prefix_config: models.prefix_config(),
+        }
+    }
+}
+
+/// Why a frame was refused or a forecast could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    /// The frame does not fit the model.
+    #[error("frame {seq}: {reason}")]
+    BadFrame {
+        /// Its sequence number.
+        seq: u32,
+        /// What is wrong, for the person on duty.
+        reason: String,
+    },
+    /// The frame was seen already or comes after the forecaster moved past it.
+    #[error("frame {seq}: {kind} (awaiting {awaited})")]
+    OutOfOrder {
+        /// Its sequence number.
+        seq: u32,
+        /// The sequence number awaited.
+        awaited: u32,
+        /// `duplicate` or `late`.
+        kind: &'static str,
+    },
+    /// The runtime failed.
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// The readout failed (every candidate unstable, for instance).
+    #[error(transparent)]
+    Readout(#[from] PrefixError<InferError>),
+    /// The bundle's experts do not share a layout.
+    #[error(transparent)]
+    Layout(#[from] crate::ccm::LayoutMismatch),
+    /// The forecast went non-finite: withheld.
+    #[error(
+        "the rollout from frame {seq} went non-finite at step {step}; forecast withheld, the merge \
+         at α = {alpha:+.2} is unstable for this state"
+    )]
+    Unstable {
+        /// The frame the rollout started from.
+        seq: u32,
+        /// First bad step (0-based).
+        step: usize,
+        /// The α in use.
+        alpha: f64,
+    },
+}
+
+/// The deployed merge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The coordinate.
+    pub alpha: f64,
+    /// Interval of `α` within 10 % of the best prefix error (the readout's confidence), when
+    /// read from a prefix.
+    pub confidence: Option<Interval>,
+    /// Relative L2 error of the merge on the prefix it was read from (`None` for a known `p`).
+    pub fit_error: Option<f64>,
+    /// Sequence number of the last frame of that prefix.
+    pub read_at_seq: u32,
+    /// How many times `α` has been read (1 for the first readout).
+    pub readouts: u32,
+}
+
+impl Deployment {
+    /// `|α| > 1`: the merge extrapolates past the endpoint experts.
+    pub fn extrapolates(&self) -> bool {
+        self.alpha.abs() > 1.0
+    }
+
+    /// The confidence as a number in (0, 1]: 1 / (1 + width of the confidence interval).
+    pub fn confidence_score(&self) -> Option<f64> {
+        self.confidence.map(|c| 1.0 / (1.0 + (c.hi - c.lo)))
+    }
+}
+
+/// Durations of the last cycle, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CycleTimings {
+    /// The readout (0 when `α` was not re-read).
+    pub readout_ms: f64,
+    /// Merge and deploy.
+    pub merge_ms: f64,
+    /// The `H`-step rollout.
+    pub rollout_ms: f64,
+    /// From the frame's arrival to the forecast.
+    pub total_ms: f64,
+}
+
+/// A forecast, borrowed from the forecaster's buffer.
+#[derive(Debug)]
+pub struct ForecastView<'a> {
+    /// Sequence number of the frame it starts from.
+    pub based_on_seq: u32,
+    /// Timestamp of that frame.
+    pub based_on_us: u64,
+    /// `H × frame_len` values, step-major.
+    pub frames: &'a [f32],
+    /// The merge that made it.
+    pub deployment: &'a Deployment,
+    /// Whether `α` was (re-)read for this forecast.
+    pub new_readout: bool,
+    /// Durations of the cycle.
+    pub timings: CycleTimings,
+}
+
+/// Counters since the forecaster started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForecasterCounters {
+    /// Frames accepted in sequence.
+    pub accepted: u64,
+    /// Duplicates refused.
+    pub duplicate: u64,
+    /// Frames older than the one awaited, refused.
+    pub late: u64,
+    /// Frames refused for their content (size, non-finite values).
+    pub bad: u64,
+    /// Sequence numbers given up as missing.
+    pub lost: u64,
+    /// Prefix restarts after a gap.
+    pub restarts: u64,
+    /// Forecasts made.
+    pub forecasts: u64,
+    /// Forecasts withheld (unstable rollouts).
+    pub withheld: u64,
+}
+
+/// What a frame led to.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// The frame is held until the ones before it arrive.
+    Held,
+    /// The prefix is filling: `have` of `need` consecutive frames.
+    Filling {
+        /// Consecutive frames held.
+        have: usize,
+        /// Frames the prefix needs.
+        need: usize,
+    },
+    /// A forecast from the latest frame.
+    Forecast(ForecastView<'a>),
+}
+
+/// The forecasting core (see the module docs).
+pub struct Forecaster<B: Backend> {
+    opts: ForecasterOptions,
+    backend: B,
+    shape: StepShape,
+    line: Line,
+    coordinate: Box<dyn Fn(f64) -> f64 + Send>,
+    buffer: WeightSet,
+    /// Last `K` consecutive frames: (seq, timestamp, values).
+    window: VecDeque<(u32, u64, Vec<f32>)>,
+    /// Frames ahead of the awaited one.
+    pending: BTreeMap<u32, (u64, Vec<f32>)>,
+    awaited: Option<u32>,
+    deployment: Option<Deployment>,
+    forecast: Vec<f32>,
+    prefix_frames: Vec<f32>,
+    frame_dt_us: u64,
+    counters: ForecasterCounters,
+}
+
+impl<B: Backend> Forecaster<B> {
+    /// A forecaster for `models` running on `backend` (whose template must be one of them).
+    pub fn new(
+        models: &FamilyModels,
+        backend: B,
+        opts: ForecasterOptions,
+    ) -> Result<Self, ForecastError> {
+        let shape = backend.shape();
+        if opts.prefix <= shape.t_in || opts.horizon == 0 {
+            return Err(ForecastError::BadFrame {
+                seq: 0,
+                reason: format!(
+                    "settings: the prefix ({}) must be longer than T_in ({}) and the horizon ({}) positive",
+                    opts.prefix, shape.t_in, opts.horizon
+                ),
+            });
+        }
+        let line =
+            Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
+        let buffer = line.buffer();
+        let m = &models.manifest;
+        let parameter = m.parameter.clone();
+        let calibration = m.calibration.clone();
+        let interval = opts.prefix_config.interval;
+        let coordinate: Box<dyn Fn(f64) -> f64 + Send> = Box::new(move |p| {
+            let s = parameter.coordinate(p);
+            match &calibration {
+                Some(c) => c.map.alpha(s, interval),
+                None => interval.clip(s),
+            }
+        });
+        let family = crate::config::FamilyConfig::builtin(m.family);
+        let frame_dt_us = (family.time.frame_dt * 1e6).round() as u64;
+        Ok(Forecaster {
+            forecast: vec![0.0; opts.horizon * shape.frame_len()],
+            prefix_frames: Vec::with_capacity(opts.prefix * shape.frame_len()),
+            opts,
+            backend,
+            shape,
+            line,
+            coordinate,
+            buffer,
+            window: VecDeque::new(),
+            pending: BTreeMap::new(),
+            awaited: None,
+            deployment: None,
+            frame_dt_us,
+            counters: ForecasterCounters::default(),
+        })
+    }
+
+    /// The step shape of the model.
+    pub fn shape(&self) -> StepShape {
+        self.shape
+    }
+
+    /// The deployed merge, if any.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.deployment.as_ref()
+    }
+
+    /// Counters since the start.
+    pub fn counters(&self) -> ForecasterCounters {
+        self.counters
+    }
+
+    /// Time between frames, µs.
+    pub fn frame_dt_us(&self) -> u64 {
+        self.frame_dt_us
+    }
+
+    /// Takes one frame (`values`: the whole field, `channels × n × n`, in the model's units).
+    pub fn push(
+        &mut self,
+        seq: u32,
+        timestamp_us: u64,
+        values: &[f32],
+    ) -> Result<Progress<'_>, ForecastError> {
+        let arrived = Instant::now();
+        let fl = self.shape.frame_len();
+        if values.len() != fl {
+            self.counters.bad += 1;
+            return Err(ForecastError::BadFrame {
+                seq,
+                reason: format!(
+                    "{} values, the model takes {fl} ({} channel(s) × {n} × {n})",
+                    values.len(),
+                    self.shape.channels,
+                    n = self.shape.n
+                ),
+            });
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            self.counters.bad += 1;
+            return Err(ForecastError::BadFrame {
+                seq,
+                reason: format!("value {i} is not finite ({})", values[i]),
+            });
+        }
+        let awaited = *self.awaited.get_or_insert(seq);
+        if seq < awaited {
+            let dup = self.window.iter().any(|f| f.0 == seq);
+            let kind = if dup { "duplicate" } else { "late" };
+            if dup {
+                self.counters.duplicate += 1;
+            } else {
+                self.counters.late += 1;
+            }
+            return Err(ForecastError::OutOfOrder { seq, awaited, kind });
+        }
+        if seq > awaited {
+            if self.pending.contains_key(&seq) {
+                self.counters.duplicate += 1;
+                return Err(ForecastError::OutOfOrder {
+                    seq,
+                    awaited,
+                    kind: "duplicate",
+                });
+            }
+            self.pending.insert(seq, (timestamp_us, values.to_vec()));
+            if seq - awaited <= self.opts.reorder_window {
+                return Ok(Progress::Held);
+            }
+            // give up on the missing frames: restart the prefix at the earliest held frame
+            let first = *self.pending.keys().next().expect("just inserted");
+            self.counters.lost += u64::from(first - awaited);
+            self.counters.restarts += 1;
+            self.window.clear();
+            self.awaited = Some(first);
+        } else {
+            self.pending.insert(seq, (timestamp_us, values.to_vec()));
+        }
+        // move every consecutive frame from `pending` into the window
+        let mut latest = false;
+        while let Some(entry) = self.awaited.and_then(|a| self.pending.remove_entry(&a)) {
+            let (s, (ts, v)) = entry;
+            if self.window.len() == self.opts.prefix {
+                self.window.pop_front();
+            }
+            self.window.push_back((s, ts, v));
+            self.counters.accepted += 1;
+            self.awaited = Some(s.wrapping_add(1));
+            latest = true;
+        }
+        if !latest {
+            return Ok(Progress::Held);
+        }
+        let need = match self.deployment {
+            None => self.opts.prefix,
+            Some(_) => self.shape.t_in, // a nowcast needs only the model's input frames
+        };
+        if self.window.len() < need {
+            return Ok(Progress::Filling {
+                have: self.window.len(),
+                need: self.opts.prefix,
+            });
+        }
+        self.cycle(arrived)
+    }
+
+    /// Readout (when due), merge, deploy and roll forward from the latest frame.
+    fn cycle(&mut self, arrived: Instant) -> Result<Progress<'_>, ForecastError> {
+        let mut timings = CycleTimings::default();
+        let due = match &self.deployment {
+            None => true,
+            Some(d) => self.window.len() == self.opts.prefix && self.drifted(d.clone())?,
+        };
+        if due {
+            let t = Instant::now();
+            let d = self.read()?;
+            timings.readout_ms = ms(t);
+            let t = Instant::now();
+            self.line.merge_into(d.alpha as f32, &mut self.buffer)?;
+            self.backend.deploy(&self.buffer)?;
+            timings.merge_ms = ms(t);
+            self.deployment = Some(d);
+        }
+        let t = Instant::now();
+        let fl = self.shape.frame_len();
+        let t_in = self.shape.t_in;
+        self.prefix_frames.clear();
+        for (_, _, v) in self.window.iter().skip(self.window.len() - t_in) {
+            self.prefix_frames.extend_from_slice(v);
+        }
+        self.backend
+            .roll(&self.prefix_frames, self.opts.horizon, &mut self.forecast)?;
+        timings.rollout_ms = ms(t);
+        timings.total_ms = ms(arrived);
+        let (seq, ts, _) = self.window.back().expect("a frame");
+        let (seq, ts) = (*seq, *ts);
+        let deployment = self.deployment.as_ref().expect("deployed above");
+        if let Some(i) = self.forecast.iter().position(|x| !x.is_finite()) {
+            self.counters.withheld += 1;
+            return Err(ForecastError::Unstable {
+                seq,
+                step: i / fl,
+                alpha: deployment.alpha,
+            });
+        }
+        self.counters.forecasts += 1;
+        Ok(Progress::Forecast(ForecastView {
+            based_on_seq: seq,
+            based_on_us: ts,
+            frames: &self.forecast,
+            deployment,
+            new_readout: due,
+            timings,
+        }))
+    }
+
+    /// Reads `α` from the window (or the known `p`).
+    fn read(&mut self) -> Result<Deployment, ForecastError> {
+        let last = self.window.back().map_or(0, |f| f.0);
+        let readouts = self.deployment.as_ref().map_or(0, |d| d.readouts) + 1;
+        match self.opts.readout {
+            ReadoutMode::Known { p } => Ok(Deployment {
+                alpha: (self.coordinate)(p),
+                confidence: None,
+                fit_error: None,
+                read_at_seq: last,
+                readouts,
+            }),
+            ReadoutMode::Prefix => {
+                self.prefix_frames.clear();
+                for (_, _, v) in &self.window {
+                    self.prefix_frames.extend_from_slice(v);
+                }
+                let obs = Observation {
+                    frames: &self.prefix_frames,
+                    frame_len: self.shape.frame_len(),
+                    t_in: self.shape.t_in,
+                    mask: None,
+                };
+                let r = read_prefix(
+                    &self.line,
+                    &mut self.buffer,
+                    &mut self.backend,
+                    obs,
+                    None,
+                    &self.opts.prefix_config,
+                )?;
+                Ok(Deployment {
+                    alpha: r.alpha,
+                    confidence: Some(r.confidence),
+                    fit_error: Some(r.error),
+                    read_at_seq: last,
+                    readouts,
+                })
+            }
+        }
+    }
+
+    /// Whether the deployed merge fits the latest `K` frames much worse than it fitted its
+    /// prefix (checked once per `K` new frames).
+    fn drifted(&mut self, d: Deployment) -> Result<bool, ForecastError> {
+        let (Some(fit), ReadoutMode::Prefix) = (d.fit_error, self.opts.readout) else {
+            return Ok(false);
+        };
+        let last = self.window.back().map_or(0, |f| f.0);
+        if last.wrapping_sub(d.read_at_seq) < self.opts.prefix as u32 {
+            return Ok(false);
+        }
+        let fl = self.shape.frame_len();
+        let t_in = self.shape.t_in;
+        self.prefix_frames.clear();
+        for (_, _, v) in self.window.iter().take(t_in) {
+            self.prefix_frames.extend_from_slice(v);
+        }
+        let steps = self.opts.prefix - t_in;
+        self.backend
+            .roll(&self.prefix_frames, steps, &mut self.forecast)?;
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (k, (_, _, v)) in self.window.iter().skip(t_in).enumerate() {
+            for (p, o) in self.forecast[k * fl..(k + 1) * fl].iter().zip(v) {
+                num += (f64::from(*p) - f64::from(*o)).powi(2);
+                den += f64::from(*o).powi(2);
+            }
+        }
+        let err = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+        let drifted =
+            !err.is_finite() || (err > self.opts.drift_factor * fit && err > self.opts.drift_floor);
+        if !drifted {
+            // the check counts as a fresh look: next one after K more frames
+            if let Some(dep) = self.deployment.as_mut() {
+                dep.read_at_seq = last;
+            }
+        }
+        Ok(drifted)
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

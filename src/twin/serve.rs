@@ -1,0 +1,575 @@
+//! `ccm-twin serve`: one station's frames in over MQTT, forecasts, status and alerts out.
+//!
+//! The station's configuration ([`StationConfig`], a TOML file) names the broker, the station,
+//! the family's model bundle, how `α` is read (from the prefix, or from a known `p`) and the
+//! alert rules. The server subscribes to `ccm/<station>/frames`, decodes every payload with the
+//! firmware-bridge protocol (rejections are counted by reason), feeds the frames to a
+//! [`Forecaster`] (which runs on a blocking thread, off the MQTT event loop), and publishes each
+//! forecast (QoS 1) on `ccm/<station>/forecast`, a retained status on `ccm/<station>/status` after
+//! every cycle, and alerts on `ccm/<station>/alerts`. The subscription uses a persistent session
+//! (the broker queues frames while the runtime reconnects). The broker holds an `offline` status
+//! as the last will; a clean shutdown publishes it too.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use firmware_bridge::dashboard::{
+    AlertKind, AlertLevel, AlertMessage, AlertPoint, Counters, StationState, StatusMessage, Timings,
+};
+use firmware_bridge::topic::QoS;
+use firmware_bridge::topic::Topic;
+use firmware_bridge::{Channels, Forecast, GridShape, PackedSlice, Sampling, Values, WireMessage};
+use serde::Deserialize;
+
+use super::forecaster::{Forecaster, ForecasterOptions, Progress, ReadoutMode};
+use super::mqtt::{BrokerAddress, LastWill, LinkOptions, MqttError, MqttLink};
+use crate::config::Family;
+use crate::infer::TractBackend;
+use crate::models::FamilyModels;
+
+/// A station's runtime configuration (`configs/station.toml`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// The MQTT broker.
+    pub broker: BrokerConfig,
+    /// The station served.
+    pub station: StationSection,
+    /// Threshold alerts on the forecast.
+    #[serde(default)]
+    pub alerts: Vec<AlertRule>,
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// MQTT client id (default `ccm-twin-<station>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// The station and its model.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StationSection {
+    /// Station id (the topic level).
+    pub id: String,
+    /// The PDE family.
+    pub family: Family,
+    /// The model bundle directory (`models/<family>`), relative to the config file.
+    pub models: PathBuf,
+    /// The station's regime parameter when it is known; the prefix readout otherwise.
+    #[serde(default)]
+    pub p: Option<f64>,
+    /// Frames may arrive this many sequence numbers early before missing ones are given up.
+    #[serde(default = "default_reorder")]
+    pub reorder_window: u32,
+}
+
+fn default_reorder() -> u32 {
+    4
+}
+
+/// An alert: the forecast at a cell reaches `above` (raised) and later stays below `clear_below`
+/// over the whole horizon (all clear). The gap between the two is the hysteresis.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// Channel name (`h` for water depth, ...).
+    pub channel: String,
+    /// Cell row.
+    pub row: u16,
+    /// Cell column.
+    pub col: u16,
+    /// Raise when the forecast reaches this value.
+    pub above: f64,
+    /// Clear when the whole forecast stays below this value (≤ `above`).
+    pub clear_below: f64,
+    /// `info`, `warning` or `critical`.
+    #[serde(default = "default_level")]
+    pub level: AlertLevel,
+}
+
+fn default_level() -> AlertLevel {
+    AlertLevel::Warning
+}
+
+/// Why serving cannot start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is unusable.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model bundle cannot be used.
+    #[error("model bundle {path}: {reason}")]
+    Models {
+        /// The bundle directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// MQTT failed.
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+}
+
+impl StationConfig {
+    /// Reads and checks a station config; the models path is made relative to the file.
+    pub fn load(path: &Path) -> Result<Self, ServeError> {
+        let bad = |reason: String| ServeError::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let mut cfg: StationConfig = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if cfg.station.models.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.station.models = base.join(&cfg.station.models);
+        }
+        cfg.check().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Every problem at once, one per line.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if let Err(e) = firmware_bridge::topic::validate_station_id(&self.station.id) {
+            problems.push(format!("station.id: {e}"));
+        }
+        if let Some(p) = self.station.p
+            && !(p.is_finite() && p > 0.0)
+        {
+            problems.push(format!("station.p: must be positive (got {p})"));
+        }
+        let channels = crate::config::FamilyConfig::builtin(self.station.family).channels();
+        for (i, a) in self.alerts.iter().enumerate() {
+            if !channels.contains(&a.channel.as_str()) {
+                problems.push(format!(
+                    "alerts[{i}].channel: `{}` is not a channel of {} ({})",
+                    a.channel,
+                    self.station.family,
+                    channels.join(", ")
+                ));
+            }
+            if a.clear_below.is_nan() || a.above.is_nan() || a.clear_below > a.above {
+                problems.push(format!(
+                    "alerts[{i}]: clear_below ({}) must not exceed above ({})",
+                    a.clear_below, a.above
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+/// What one serving run did (returned at shutdown).
+#[derive(Debug, Clone, Default)]
+pub struct ServeSummary {
+    /// The published counters.
+    pub counters: Counters,
+    /// The last α deployed.
+    pub alpha: Option<f64>,
+    /// Times α was (re-)read.
+    pub readouts: u32,
+}
+
+/// Something the server did, for a caller that shows progress (the demo).
+#[derive(Debug, Clone)]
+pub enum ServeEvent {
+    /// A frame joined the prefix.
+    Filling {
+        /// Frames held.
+        have: usize,
+        /// Frames needed.
+        need: usize,
+    },
+    /// A forecast was published.
+    Forecast {
+        /// The frame it starts from.
+        based_on_seq: u32,
+        /// The α in use.
+        alpha: f64,
+        /// Whether α was read for it.
+        new_readout: bool,
+        /// Confidence interval of the readout.
+        confidence: Option<(f64, f64)>,
+        /// Readout time, ms.
+        readout_ms: f64,
+        /// Frame to forecast, ms.
+        total_ms: f64,
+    },
+    /// A frame was refused.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// An alert (or all-clear) was published.
+    Alert(AlertMessage),
+}
+
+struct AlertState {
+    active: bool,
+    raised: u64,
+}
+
+/// Serves one station until `shutdown` resolves (or the MQTT link is closed). Must run inside a
+/// tokio runtime.
+pub async fn serve(
+    cfg: &StationConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<ServeEvent>>,
+) -> Result<ServeSummary, ServeError> {
+    let models = FamilyModels::load(&cfg.station.models).map_err(|e| ServeError::Models {
+        path: cfg.station.models.clone(),
+        reason: e.to_string(),
+    })?;
+    if models.manifest.family != cfg.station.family {
+        return Err(ServeError::Models {
+            path: cfg.station.models.clone(),
+            reason: format!(
+                "holds {} experts, the station is configured for {}",
+                models.manifest.family, cfg.station.family
+            ),
+        });
+    }
+    let family_cfg = crate::config::FamilyConfig::builtin(cfg.station.family);
+    let channel_names: Vec<String> = family_cfg
+        .channels()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let station = cfg.station.id.clone();
+    let model_sha = crate::fno::expert::sha256_hex(
+        &std::fs::read(cfg.station.models.join("manifest.json")).unwrap_or_default(),
+    );
+    let backend = TractBackend::new(models.anchor.clone()).map_err(|e| ServeError::Models {
+        path: cfg.station.models.clone(),
+        reason: e.to_string(),
+    })?;
+    let mode = match cfg.station.p {
+        Some(p) => ReadoutMode::Known { p },
+        None => ReadoutMode::Prefix,
+    };
+    let mut opts = ForecasterOptions::for_bundle(&models, mode);
+    opts.reorder_window = cfg.station.reorder_window;
+    let forecaster = Forecaster::new(&models, backend, opts).map_err(|e| ServeError::Models {
+        path: cfg.station.models.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let topic = |t: Topic| t.for_station(&station).expect("station id checked");
+    let offline = serde_json::to_vec(&StatusMessage::offline(&station, super::unix_time_us()))
+        .expect("status serialises");
+    let mut link_opts = LinkOptions::new(
+        BrokerAddress::new(cfg.broker.host.clone(), cfg.broker.port),
+        cfg.broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("ccm-twin-{station}")),
+    );
+    link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
+    // a persistent session: the broker queues the station's frames while the runtime reconnects
+    link_opts.clean_session = false;
+    link_opts.last_will = Some(LastWill {
+        topic: topic(Topic::Status),
+        payload: offline,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+    });
+    let (link, mut rx) = MqttLink::start_subscriber(link_opts)?;
+
+    let mut counters = Counters::default();
+    let mut alerts: Vec<AlertState> = cfg
+        .alerts
+        .iter()
+        .map(|_| AlertState {
+            active: false,
+            raised: 0,
+        })
+        .collect();
+    let mut status = StatusMessage {
+        family: Some(cfg.station.family.to_string()),
+        model_sha256: Some(model_sha),
+        state: StationState::Online,
+        ..StatusMessage::offline(&station, super::unix_time_us())
+    };
+    publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
+    let emit = |e: ServeEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.send(e);
+        }
+    };
+    let mut forecaster = Some(forecaster);
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            () = &mut shutdown => break,
+        };
+        let arrived = Instant::now();
+        let frame = match firmware_bridge::decode_frame(&msg.payload) {
+            Ok(f) => f,
+            Err(e) => {
+                counters.reject(e.reason());
+                emit(ServeEvent::Rejected {
+                    reason: format!("undecodable frame: {e}"),
+                });
+                continue;
+            }
+        };
+        counters.frames_received += 1;
+        let values = match dense_values(&frame, &channel_names, family_cfg.grid.n, &station) {
+            Ok(v) => v,
+            Err(reason) => {
+                counters.reject(firmware_bridge::RejectReason::ShapeMismatch);
+                emit(ServeEvent::Rejected { reason });
+                continue;
+            }
+        };
+        let (seq, ts) = (frame.seq, frame.timestamp_us);
+        // the forecaster computes on a blocking thread; the MQTT event loop keeps running
+        let mut f = forecaster.take().expect("returned after every frame");
+        let (f, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = match f.push(seq, ts, &values) {
+                Ok(Progress::Forecast(v)) => Ok(Some((
+                    v.based_on_seq,
+                    v.based_on_us,
+                    v.frames.to_vec(),
+                    v.deployment.clone(),
+                    v.new_readout,
+                    v.timings,
+                ))),
+                Ok(Progress::Filling { have, need }) => Err(Ok((have, need))),
+                Ok(Progress::Held) => Ok(None),
+                Err(e) => Err(Err(e.to_string())),
+            };
+            (f, outcome)
+        })
+        .await
+        .expect("the forecaster does not panic");
+        let dt_us = f.frame_dt_us();
+        forecaster = Some(f);
+        let (based_on_seq, based_on_us, frames, dep, new_readout, timings) = match outcome {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(Ok((have, need))) => {
+                emit(ServeEvent::Filling { have, need });
+                continue;
+            }
+            Err(Err(reason)) => {
+                counters.reject(firmware_bridge::RejectReason::Malformed);
+                tracing::warn!(%station, "{reason}");
+                emit(ServeEvent::Rejected { reason });
+                continue;
+            }
+        };
+        let horizon = frames.len() / (channel_names.len() * family_cfg.grid.n.pow(2));
+        let stamps: Vec<u64> = (1..=horizon as u64)
+            .map(|s| based_on_us + s * dt_us)
+            .collect();
+        let names: Vec<&str> = channel_names.iter().map(String::as_str).collect();
+        let n = family_cfg.grid.n as u16;
+        let forecast = Forecast {
+            station: &station,
+            based_on_seq,
+            issued_at_us: super::unix_time_us(),
+            alpha: dep.alpha as f32,
+            channels: Channels::new(&names).expect("family channel names are valid"),
+            shape: GridShape {
+                rows: n,
+                cols: n,
+                channels: names.len() as u8,
+            },
+            timestamps_us: PackedSlice::new(&stamps),
+            values: Values::F32(PackedSlice::new(&frames)),
+        };
+        match forecast.to_vec() {
+            Ok(bytes) => {
+                link.publish(topic(Topic::Forecast), QoS::AtLeastOnce, false, bytes)?;
+                counters.forecasts_published += 1;
+            }
+            Err(e) => tracing::error!(%station, "cannot encode the forecast: {e}"),
+        }
+        emit(ServeEvent::Forecast {
+            based_on_seq,
+            alpha: dep.alpha,
+            new_readout,
+            confidence: dep.confidence.map(|c| (c.lo, c.hi)),
+            readout_ms: timings.readout_ms,
+            total_ms: arrived.elapsed().as_secs_f64() * 1e3,
+        });
+        for (rule, state) in cfg.alerts.iter().zip(alerts.iter_mut()) {
+            if let Some(a) = check_alert(rule, state, &station, &names, n, &frames, &stamps) {
+                link.publish(
+                    topic(Topic::Alerts),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&a).expect("alert serialises"),
+                )?;
+                counters.alerts_published += 1;
+                emit(ServeEvent::Alert(a));
+            }
+        }
+        status.alpha = Some(dep.alpha);
+        status.alpha_confidence = dep.confidence_score();
+        status.extrapolating = dep.extrapolates();
+        status.prefix_fit_error = dep.fit_error;
+        status.timings = Timings {
+            readout_ms: new_readout.then_some(timings.readout_ms),
+            merge_ms: new_readout.then_some(timings.merge_ms),
+            rollout_ms: Some(timings.rollout_ms),
+            frame_to_forecast_ms: Some(arrived.elapsed().as_secs_f64() * 1e3),
+        };
+        publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
+    }
+    // clean shutdown: the offline status, then disconnect
+    status.state = StationState::Offline;
+    publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
+    let _ = link.flush(Duration::from_secs(5)).await;
+    link.close().await;
+    let f = forecaster.expect("returned after every frame");
+    Ok(ServeSummary {
+        counters,
+        alpha: f.deployment().map(|d| d.alpha),
+        readouts: f.deployment().map_or(0, |d| d.readouts),
+    })
+}
+
+fn publish_status(
+    link: &MqttLink,
+    topic: &str,
+    status: &mut StatusMessage,
+    counters: &Counters,
+) -> Result<(), MqttError> {
+    status.updated_at_us = super::unix_time_us();
+    status.counters = counters.clone();
+    link.publish(
+        topic,
+        QoS::AtLeastOnce,
+        true,
+        serde_json::to_vec(status).expect("status serialises"),
+    )
+}
+
+/// The frame's values as the model's dense `channels × n × n` f32 field, or why not.
+fn dense_values(
+    frame: &firmware_bridge::SensorFrame<'_>,
+    channels: &[String],
+    n: usize,
+    station: &str,
+) -> Result<Vec<f32>, String> {
+    if frame.station != station {
+        return Err(format!(
+            "frame {} names station `{}`, this runtime serves `{station}`",
+            frame.seq, frame.station
+        ));
+    }
+    let names = frame.channels.as_slice();
+    if names.len() != channels.len() || names.iter().zip(channels).any(|(a, b)| *a != b) {
+        return Err(format!(
+            "frame {}: channels [{}], the model takes [{}]",
+            frame.seq,
+            names.join(", "),
+            channels.join(", ")
+        ));
+    }
+    if usize::from(frame.shape.rows) != n || usize::from(frame.shape.cols) != n {
+        return Err(format!(
+            "frame {}: a {}×{} grid, the model's is {n}×{n}; resample the station's grid onto \
+             the model's",
+            frame.seq, frame.shape.rows, frame.shape.cols
+        ));
+    }
+    if !matches!(frame.sampling, Sampling::Dense) {
+        return Err(format!(
+            "frame {}: sparse sensor points are not served yet; send whole fields",
+            frame.seq
+        ));
+    }
+    Ok(frame.values.to_vec())
+}
+
+/// Raises or clears the alert of `rule` on this forecast (`frames`: steps × channels × n × n).
+fn check_alert(
+    rule: &AlertRule,
+    state: &mut AlertState,
+    station: &str,
+    channels: &[&str],
+    n: u16,
+    frames: &[f32],
+    stamps: &[u64],
+) -> Option<AlertMessage> {
+    let c = channels.iter().position(|x| *x == rule.channel)?;
+    let n = usize::from(n);
+    let cell = (c * n + usize::from(rule.row)) * n + usize::from(rule.col);
+    let per_step = channels.len() * n * n;
+    let series = frames.chunks_exact(per_step).map(|f| f64::from(f[cell]));
+    let crossing = series.clone().position(|v| v >= rule.above);
+    let peak = series.fold(f64::NEG_INFINITY, f64::max);
+    let base = AlertMessage {
+        schema: 1,
+        id: format!(
+            "{station}-{}-{}-{}-{}",
+            rule.channel, rule.row, rule.col, state.raised
+        ),
+        station: station.to_string(),
+        kind: AlertKind::ThresholdCrossing,
+        level: rule.level,
+        issued_at_us: super::unix_time_us(),
+        point: Some(AlertPoint {
+            row: rule.row,
+            col: rule.col,
+            channel: rule.channel.clone(),
+        }),
+        threshold: Some(rule.above),
+        expected_crossing_us: None,
+        all_clear: false,
+        message: String::new(),
+    };
+    match (state.active, crossing) {
+        (false, Some(step)) => {
+            state.active = true;
+            let when = stamps[step];
+            Some(AlertMessage {
+                expected_crossing_us: Some(when),
+                message: format!(
+                    "{} forecast to reach {} at ({}, {}) in {:.1} s",
+                    rule.channel,
+                    rule.above,
+                    rule.row,
+                    rule.col,
+                    (when.saturating_sub(stamps[0]) as f64 / 1e6)
+                        + (stamps.get(1).map_or(0, |s| s - stamps[0]) as f64 / 1e6)
+                ),
+                ..base
+            })
+        }
+        (true, _) if peak < rule.clear_below => {
+            state.active = false;
+            state.raised += 1;
+            Some(AlertMessage {
+                all_clear: true,
+                message: format!(
+                    "all clear: {} stays below {} at ({}, {}) over the whole forecast",
+                    rule.channel, rule.clear_below, rule.row, rule.col
+                ),
+                ..base
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,159 @@
+//! The edge runtime end to end over real MQTT brokers: a simulated dam-break station outside the
+//! trained range → broker → `serve` → forecasts received by a separate plain MQTT client. The α
+//! read from the prefix lands near the best α in hindsight for that very trajectory, and the
+//! forecasts beat the family anchor's.
+
+mod mqtt_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ccm_twin::ccm::Line;
+use ccm_twin::config::{Family, FamilyConfig};
+use ccm_twin::infer::{Backend, TractBackend};
+use ccm_twin::models::FamilyModels;
+use ccm_twin::twin::demo::{DemoOptions, run};
+use ccm_twin::twin::mqtt::BrokerAddress;
+use ccm_twin::twin::serve::StationConfig;
+use ccm_twin::twin::simulator::{SimulatorOptions, StationSimulator};
+use mqtt_support::{Mosquitto, Subscriber};
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Best α (grid of 0.125) for the forecast from frame `K − 1` of the demo's trajectory, and its
+/// error: the ceiling the prefix readout is judged against.
+fn best_alpha_in_hindsight(opts: &DemoOptions) -> (f64, f64) {
+    let cfg = FamilyConfig::builtin(opts.family);
+    let p = opts.p.unwrap_or(cfg.parameter.ood_test[0]);
+    let mut sim =
+        StationSimulator::new(&cfg, SimulatorOptions::new("hindsight", p, opts.seed)).unwrap();
+    let (k, h) = (cfg.time.prefix, cfg.time.horizon);
+    let frames: Vec<Vec<f32>> = (0..k + h)
+        .map(|_| sim.next_frame().unwrap().truth)
+        .collect();
+    let truth: Vec<f32> = frames[k..].concat();
+    let models = FamilyModels::load(&opts.models).unwrap();
+    let line =
+        Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone()).unwrap();
+    let mut buffer = line.buffer();
+    let mut backend = TractBackend::new(models.anchor.clone()).unwrap();
+    let mut out = vec![0.0; truth.len()];
+    (0..=48)
+        .map(|i| {
+            let a = -4.0 + 0.125 * f64::from(i);
+            line.merge_into(a as f32, &mut buffer).unwrap();
+            backend.deploy(&buffer).unwrap();
+            backend.roll(&frames[k - 1], h, &mut out).unwrap();
+            (a, rel_l2(&out, &truth))
+        })
+        .min_by(|x, y| x.1.total_cmp(&y.1))
+        .unwrap()
+}
+
+async fn station_to_forecast(addr: SocketAddr) {
+    let mut opts = DemoOptions::new(Family::DamBreak);
+    opts.frames = 8;
+    opts.frame_interval = Duration::from_millis(100);
+    opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    let mut sub = Subscriber::connect(addr, "ccm/demo-dam-break/forecast", None).await;
+    let s = run(opts.clone(), &mut |line| eprintln!("{line}"))
+        .await
+        .unwrap();
+
+    // a separate plain client received every forecast, and they decode
+    let got = sub.drain(Duration::from_secs(2)).await;
+    assert_eq!(
+        got.len(),
+        s.forecasts.len(),
+        "forecasts received by the plain client"
+    );
+    assert_eq!(
+        s.forecasts.len(),
+        opts.frames - 3,
+        "one per frame from the K-th on"
+    );
+    for m in &got {
+        let f = firmware_bridge::decode_forecast(&m.payload).unwrap();
+        assert_eq!((f.station, f.horizon()), ("demo-dam-break", 20));
+    }
+    // the readout against the best α in hindsight for this trajectory
+    let alpha = s.alpha.expect("a readout");
+    let (best, e_best) = best_alpha_in_hindsight(&opts);
+    let first = &s.forecasts[0];
+    assert_eq!(first.steps, 20);
+    eprintln!(
+        "α read {alpha:+.2}, best in hindsight {best:+.2}; error {:.4} vs {e_best:.4}, anchor {:.4}",
+        first.error, first.anchor_error
+    );
+    assert!(
+        (alpha - best).abs() <= 0.25 || first.error <= 1.05 * e_best,
+        "α read {alpha:+.2}, best {best:+.2}: error {:.4} vs {e_best:.4}",
+        first.error
+    );
+    // every forecast beats the anchor from the same frame
+    for f in &s.forecasts {
+        assert!(f.error < f.anchor_error, "{f:?}");
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_to_forecast_over_the_embedded_broker() {
+    let broker = ccm_twin::twin::broker::EmbeddedBroker::start(0).unwrap();
+    station_to_forecast(broker.addr()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_to_forecast_over_mosquitto() {
+    let broker = Mosquitto::start();
+    station_to_forecast(broker.addr()).await;
+}
+
+#[test]
+fn a_station_config_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    std::fs::write(
+        &path,
+        r#"
+[broker]
+host = "127.0.0.1"
+port = 1883
+
+[station]
+id = "bad station!"
+family = "dam_break"
+models = "../models/dam_break"
+p = -1.0
+
+[[alerts]]
+channel = "depth"
+row = 1
+col = 2
+above = 0.5
+clear_below = 0.6
+"#,
+    )
+    .unwrap();
+    let err = StationConfig::load(&path).unwrap_err().to_string();
+    for needle in [
+        "station.id",
+        "station.p",
+        "alerts[0].channel",
+        "clear_below (0.6)",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
+
+#[test]
+fn the_shipped_station_config_loads() {
+    let cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    assert_eq!(cfg.station.family, Family::DamBreak);
+    assert!(cfg.station.models.join("manifest.json").exists());
+}

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod ccm_cli;
+mod eval_cli;
 mod twin_cli;
 // Training allocates and frees many multi-MB tensors per step: glibc malloc hands them back to
 // the kernel and faults fresh pages in every time, mimalloc keeps them. A batch-8 step of the
@@ -86,6 +87,9 @@ enum Command {
     Merge(ccm_cli::MergeArgs),
     /// Fit the calibrated map p → α (on the calib split) and CCM-Scale's γ (on val) of a bundle.
     Calibrate(ccm_cli::CalibrateArgs),
+    /// Run the evaluation protocol on the test split: every method's rollout error after the
+    /// prefix, the results tables (Markdown, CSV), a summary beside the paper's numbers, plots.
+    Evaluate(eval_cli::EvaluateArgs),
     /// Score an expert on a dataset: rollout, one-step and persistence errors.
     Score {
         /// Expert directory (written by `train`).
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
                     )
                     || twin_cli::is_bad_input(e)
                     || train_cmd::is_bad_request(e)
+                    || eval_cli::is_bad_request(e)
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -247,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => ccm_cli::inspect(args),
         Command::Merge(args) => ccm_cli::merge(args),
         Command::Calibrate(args) => ccm_cli::calibrate(args),
+        Command::Evaluate(args) => eval_cli::evaluate(args),
         Command::Score {
             expert,
             data,

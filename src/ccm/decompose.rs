@@ -83,6 +83,36 @@ impl Experts {
     }
 }
 
+/// A random direction for the control experiment: each tensor of `d` replaced by an i.i.d.
+/// Gaussian tensor (seeded by `seed`, ChaCha8) scaled to that tensor's norm. So `‖r‖ = ‖d‖`,
+/// and also per tensor: the perturbation is spread over the layers as the physical direction's
+/// is, and the tensors `d` leaves alone (constants such as the DFT bases, equal in every
+/// expert) stay untouched. A line along it, `θ(0) + α·r`, differs from the CCM line only in
+/// where it points.
+pub fn random_direction(d: &WeightSet, seed: u64) -> WeightSet {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut r = d.clone();
+    for t in d.tensors() {
+        let range = t.offset..t.offset + t.len();
+        let norm = |x: &[f32]| x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let target = norm(&d.data()[range.clone()]);
+        let out = &mut r.data_mut()[range];
+        if target == 0.0 {
+            out.fill(0.0);
+            continue;
+        }
+        let draw: Vec<f64> = (0..out.len())
+            .map(|_| rng.sample::<f64, _>(rand_distr::StandardNormal))
+            .collect();
+        let scale = target / draw.iter().map(|v| v * v).sum::<f64>().sqrt();
+        for (o, v) in out.iter_mut().zip(draw) {
+            *o = (v * scale) as f32;
+        }
+    }
+    r
+}
+
 #[derive(Default, Clone, Copy)]
 struct Accumulator {
     ll: f64,
@@ -203,6 +233,23 @@ impl Diagnostics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_random_direction_keeps_the_norm_of_each_tensor() {
+        let d = ws(&[3.0, -4.0, 0.0, 1e-3], &[0.0, 0.0]);
+        let r = random_direction(&d, 7);
+        let norm = |x: &[f32]| x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm(r.get("w").unwrap()) - norm(d.get("w").unwrap())).abs() < 1e-6);
+        assert_eq!(
+            r.get("fixed").unwrap(),
+            &[0.0, 0.0],
+            "a constant stays constant"
+        );
+        assert_ne!(r, d);
+        assert_eq!(r, random_direction(&d, 7), "seeded");
+        assert_ne!(r, random_direction(&d, 8));
+        r.same_layout(&d).unwrap();
+    }
 
     fn ws(a: &[f32], b: &[f32]) -> WeightSet {
         WeightSet::from_tensors([

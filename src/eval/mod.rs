@@ -15,6 +15,9 @@ use crate::fno::model::{Fno, rollout};
 use crate::fno::{FnoConfig, Normalization};
 use crate::models::{Calibration, FamilyModels};
 
+mod plot;
+pub mod report;
+
 /// Scores weight sets on (part of) a dataset.
 pub struct Scorer<'a> {
     cfg: FnoConfig,
@@ -48,19 +51,35 @@ impl<'a> Scorer<'a> {
         }
     }
 
-    /// nRMSE of each trajectory in `indices` under `weights` (the trainable tensors are picked
-    /// out by name, so the full initializer set of an ONNX expert works too).
-    pub fn errors(&self, weights: &WeightSet, indices: &[usize]) -> Vec<f64> {
+    /// Values per frame (`channels × n × n`).
+    pub fn frame_len(&self) -> usize {
+        self.cfg.channels * self.cfg.n * self.cfg.n
+    }
+
+    /// The dataset scored.
+    pub fn data(&self) -> &'a Dataset {
+        self.data
+    }
+
+    /// Frames the model takes in (`T_in`).
+    pub fn t_in(&self) -> usize {
+        self.cfg.t_in
+    }
+
+    /// The rollouts of the trajectories `indices` under `weights`, each started from its first
+    /// `T_in` frames: `indices.len() × horizon × frame_len` values, trajectory-major (the
+    /// trainable tensors are picked out by name, so the full initializer set of an ONNX expert
+    /// works too).
+    pub fn predict(&self, weights: &WeightSet, indices: &[usize]) -> Vec<f32> {
         let shapes = self.cfg.param_shapes();
         let params = weights
             .select(shapes.iter().map(|(n, _)| n.as_str()))
             .expect("an FNO expert holds every canonical tensor");
         let model = Fno::from_weights(&self.cfg, &self.norm, &params, &self.device)
             .expect("canonical weights");
-        let (c, n, t_in) = (self.cfg.channels, self.cfg.n, self.cfg.t_in);
-        let frame = c * n * n;
+        let t_in = self.cfg.t_in;
         let traj = &self.data.trajectories;
-        let mut init = Vec::with_capacity(indices.len() * t_in * frame);
+        let mut init = Vec::with_capacity(indices.len() * t_in * self.frame_len());
         for &i in indices {
             for t in 0..t_in {
                 init.extend(
@@ -70,30 +89,66 @@ impl<'a> Scorer<'a> {
                 );
             }
         }
-        let pred = rollout(&model, &init, indices.len(), self.horizon);
+        rollout(&model, &init, indices.len(), self.horizon)
+    }
+
+    /// Scores rollouts (`pred` as [`Scorer::predict`] returns them) of the trajectories
+    /// `indices` against the truth. A non-finite prediction makes the error infinite.
+    pub fn score(&self, pred: &[f32], indices: &[usize]) -> Vec<TrajectoryScore> {
+        let (frame, t_in) = (self.frame_len(), self.cfg.t_in);
+        assert_eq!(
+            pred.len(),
+            indices.len() * self.horizon * frame,
+            "rollout size"
+        );
+        let traj = &self.data.trajectories;
         indices
             .iter()
             .enumerate()
             .map(|(b, &i)| {
-                let (mut num, mut den) = (0.0f64, 0.0f64);
-                for s in self.skip..self.horizon {
-                    let truth = traj.index_axis(ndarray::Axis(0), i);
-                    let truth = truth.index_axis(ndarray::Axis(0), t_in + s);
-                    let p =
-                        &pred[(b * self.horizon + s) * frame..(b * self.horizon + s + 1) * frame];
-                    for (x, y) in p.iter().zip(truth.iter()) {
-                        let x = if x.is_finite() {
-                            *x as f64
-                        } else {
-                            f64::INFINITY
-                        };
-                        num += (x - *y as f64).powi(2);
-                        den += (*y as f64).powi(2);
-                    }
+                let truth = traj.index_axis(ndarray::Axis(0), i);
+                let sums: Vec<(f64, f64)> = (0..self.horizon)
+                    .map(|s| {
+                        let truth = truth.index_axis(ndarray::Axis(0), t_in + s);
+                        let p = &pred[(b * self.horizon + s) * frame..][..frame];
+                        let (mut num, mut den) = (0.0f64, 0.0f64);
+                        for (x, y) in p.iter().zip(truth.iter()) {
+                            let x = if x.is_finite() {
+                                *x as f64
+                            } else {
+                                f64::INFINITY
+                            };
+                            num += (x - *y as f64).powi(2);
+                            den += (*y as f64).powi(2);
+                        }
+                        (num, den)
+                    })
+                    .collect();
+                let ratio = |num: f64, den: f64| {
+                    let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+                    if e.is_finite() { e } else { f64::INFINITY }
+                };
+                let (num, den) = sums[self.skip..]
+                    .iter()
+                    .fold((0.0, 0.0), |(a, b), (n, d)| (a + n, b + d));
+                TrajectoryScore {
+                    error: ratio(num, den),
+                    per_step: sums.iter().map(|&(n, d)| ratio(n, d)).collect(),
                 }
-                let e = (num / den.max(f64::MIN_POSITIVE)).sqrt();
-                if e.is_finite() { e } else { f64::INFINITY }
             })
+            .collect()
+    }
+
+    /// Rolls out and scores the trajectories `indices` under `weights`.
+    pub fn scores(&self, weights: &WeightSet, indices: &[usize]) -> Vec<TrajectoryScore> {
+        self.score(&self.predict(weights, indices), indices)
+    }
+
+    /// nRMSE of each trajectory in `indices` under `weights`.
+    pub fn errors(&self, weights: &WeightSet, indices: &[usize]) -> Vec<f64> {
+        self.scores(weights, indices)
+            .into_iter()
+            .map(|s| s.error)
             .collect()
     }
 
@@ -113,6 +168,19 @@ impl<'a> Scorer<'a> {
         refine: usize,
         indices: &[usize],
     ) -> (f64, f64, Vec<(f64, f64)>) {
+        self.best_alpha_traced(line, interval, coarse, refine, indices, &mut |_, _| {})
+    }
+
+    /// [`Scorer::best_alpha`], calling `on_point(α, error)` after each merge it scores.
+    pub fn best_alpha_traced(
+        &self,
+        line: &Line,
+        interval: Interval,
+        coarse: usize,
+        refine: usize,
+        indices: &[usize],
+        on_point: &mut dyn FnMut(f64, f64),
+    ) -> (f64, f64, Vec<(f64, f64)>) {
         let mut buf = line.buffer();
         let mut curve: Vec<(f64, f64)> = Vec::new();
         let mut eval = |a: f64, curve: &mut Vec<(f64, f64)>| -> f64 {
@@ -122,6 +190,7 @@ impl<'a> Scorer<'a> {
             line.merge_into(a as f32, &mut buf).expect("line layout");
             let e = self.mean_error(&buf, indices);
             curve.push((a, e));
+            on_point(a, e);
             e
         };
         let grid: Vec<f64> = (0..coarse)
@@ -148,6 +217,15 @@ impl<'a> Scorer<'a> {
         let (alpha, err) = *curve.iter().min_by(|x, y| x.1.total_cmp(&y.1)).unwrap();
         (alpha, err, curve)
     }
+}
+
+/// One trajectory's score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrajectoryScore {
+    /// nRMSE over the scored frames (after `skip`), all cells and channels together.
+    pub error: f64,
+    /// Relative L2 error of each predicted frame, all `horizon` of them (the prefix's too).
+    pub per_step: Vec<f64>,
 }
 
 /// Indices of the trajectories of each distinct parameter value, in order of appearance.
@@ -223,6 +301,40 @@ pub enum EvalError {
     /// A prefix readout failed.
     #[error(transparent)]
     Prefix(#[from] crate::ccm::prefix::PrefixError<crate::infer::InferError>),
+    /// The test split to evaluate on is not there.
+    #[error(
+        "no {family} test split at {}: make it with `ccm-twin generate --family {family} --split test --out {}`",
+        path.display(),
+        path.display()
+    )]
+    MissingData {
+        /// The family.
+        family: crate::config::Family,
+        /// Where it was looked for.
+        path: std::path::PathBuf,
+    },
+    /// A dataset could not be read.
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    /// A model bundle could not be read.
+    #[error(transparent)]
+    Bundle(#[from] crate::models::BundleError),
+    /// A result file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn.
+    #[error("plot {}: {reason}", path.display())]
+    Plot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// CCM-Prefix on the trajectories of one regime, next to the best α in hindsight.
@@ -283,21 +395,15 @@ pub fn check_prefix(
     let mut buffer = line.buffer();
     let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
     let scorer = Scorer::new(m.model, m.normalization.clone(), data, usize::MAX, k - t_in);
-    // the best α in hindsight is searched 1 further on each side than the readout may go
-    let hindsight = Interval {
-        lo: cfg.interval.lo - 1.0,
-        hi: cfg.interval.hi + 1.0,
-    };
-    let coarse = ((hindsight.hi - hindsight.lo) / 0.4).ceil() as usize + 1;
+    let search = HindsightSearch::around(cfg.interval, 0.4);
     let mut out = Vec::new();
     for (p, idx) in groups(data) {
-        let (best_alpha, best_error, _) = scorer.best_alpha(&line, hindsight, coarse, 6, &idx);
+        let (best_alpha, best_error, _) = search.run(&scorer, &line, &idx, &mut |_, _| {});
         let alphas = read_alphas(&line, &mut buffer, &mut backend, data, &idx, k, cfg)?;
-        let mut errors = Vec::new();
-        for (&i, &a) in idx.iter().zip(&alphas) {
-            line.merge_into(a as f32, &mut buffer)?;
-            errors.push(scorer.errors(&buffer, &[i])[0]);
-        }
+        let errors = score_at_alphas(&scorer, &line, &mut buffer, &idx, &alphas)?
+            .into_iter()
+            .map(|s| s.error)
+            .collect();
         let check = PrefixCheck {
             p,
             best_alpha,
@@ -312,8 +418,78 @@ pub fn check_prefix(
     Ok(out)
 }
 
-/// The α CCM-Prefix reads out of the first `k` frames of each trajectory `idx` of `data`.
-fn read_alphas(
+/// The search for the best α in hindsight: the readout's interval widened by 1 on each side (so
+/// the ceiling is not cut off where the readout is), a coarse scan, then golden-section steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HindsightSearch {
+    /// Interval scanned.
+    pub interval: Interval,
+    /// Points of the coarse scan (ends included).
+    pub coarse: usize,
+    /// Golden-section iterations after it.
+    pub refine: usize,
+}
+
+impl HindsightSearch {
+    /// The search around a readout's `interval`, its coarse scan spaced at most `spacing` apart,
+    /// refined 6 times.
+    pub fn around(interval: Interval, spacing: f64) -> Self {
+        let interval = Interval {
+            lo: interval.lo - 1.0,
+            hi: interval.hi + 1.0,
+        };
+        HindsightSearch {
+            interval,
+            coarse: ((interval.hi - interval.lo) / spacing).ceil() as usize + 1,
+            refine: 6,
+        }
+    }
+
+    /// The merges it scores at most (each refinement scores up to two).
+    pub fn max_points(&self) -> usize {
+        self.coarse + 2 * self.refine
+    }
+
+    /// Runs it on the trajectories `indices` along `line`: `(best α, its mean error, the scanned
+    /// curve)`; `on_point(α, error)` after each merge scored.
+    pub fn run(
+        &self,
+        scorer: &Scorer<'_>,
+        line: &Line,
+        indices: &[usize],
+        on_point: &mut dyn FnMut(f64, f64),
+    ) -> (f64, f64, Vec<(f64, f64)>) {
+        scorer.best_alpha_traced(
+            line,
+            self.interval,
+            self.coarse,
+            self.refine,
+            indices,
+            on_point,
+        )
+    }
+}
+
+/// Scores each trajectory of `indices` under its own merge `θ(alphas[j])` of `line` (written
+/// into `buffer`).
+pub fn score_at_alphas(
+    scorer: &Scorer<'_>,
+    line: &Line,
+    buffer: &mut WeightSet,
+    indices: &[usize],
+    alphas: &[f64],
+) -> Result<Vec<TrajectoryScore>, EvalError> {
+    let mut out = Vec::with_capacity(indices.len());
+    for (&i, &a) in indices.iter().zip(alphas) {
+        line.merge_into(a as f32, buffer)?;
+        out.extend(scorer.scores(buffer, &[i]));
+    }
+    Ok(out)
+}
+
+/// The α CCM-Prefix reads out of the first `k` frames of each trajectory `idx` of `data`
+/// (`backend` rolls the candidates; `buffer` receives them).
+pub fn read_alphas(
     line: &Line,
     buffer: &mut WeightSet,
     backend: &mut crate::infer::TractBackend,

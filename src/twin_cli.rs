@@ -319,6 +319,9 @@ pub struct DemoArgs {
     /// The model bundle (default models/<family>).
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Where to write the picture of the first forecast's last frame next to the truth.
+    #[arg(long, default_value = "demo-forecast.png")]
+    png: PathBuf,
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
@@ -354,5 +357,49 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     eprintln!("  {} alert message(s)", s.alerts.len());
+    if let Some(first) = &s.first {
+        write_demo_png(&s, first, &args.png)?;
+        eprintln!("  wrote {}", args.png.display());
+    }
+    Ok(())
+}
+
+/// The last frame of the first forecast (first channel): truth, anchor and CCM side by side.
+#[cfg(feature = "train")]
+fn write_demo_png(
+    s: &ccm_twin::twin::demo::DemoSummary,
+    first: &ccm_twin::twin::demo::FirstForecast,
+    path: &std::path::Path,
+) -> Result<()> {
+    let cells = s.n * s.n;
+    let steps = first.truth.len() / s.frame_len;
+    let last = |v: &[f32]| v[(steps - 1) * s.frame_len..][..cells].to_vec();
+    let ccm = format!("CCM, α = {:+.2}", first.alpha);
+    ccm_twin::eval::plot::field_png(
+        path,
+        &format!(
+            "{} at p = {} (outside the trained range): forecast from frame {}, {steps} steps ahead",
+            s.family, s.p, first.based_on_seq
+        ),
+        s.n,
+        &last(&first.truth),
+        &[
+            ("family anchor", &last(&first.anchor)),
+            (&ccm, &last(&first.ccm)),
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(not(feature = "train"))]
+fn write_demo_png(
+    _: &ccm_twin::twin::demo::DemoSummary,
+    _: &ccm_twin::twin::demo::FirstForecast,
+    path: &std::path::Path,
+) -> Result<()> {
+    eprintln!(
+        "  no {}: the plots come with the `train` feature",
+        path.display()
+    );
     Ok(())
 }

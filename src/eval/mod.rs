@@ -15,7 +15,7 @@ use crate::fno::model::{Fno, rollout};
 use crate::fno::{FnoConfig, Normalization};
 use crate::models::{Calibration, FamilyModels};
 
-mod plot;
+pub mod plot;
 pub mod report;
 
 /// Scores weight sets on (part of) a dataset.

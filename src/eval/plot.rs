@@ -367,9 +367,43 @@ fn forecast_maps(report: &FamilyReport, root: &Area<'_>) -> DrawResult {
     let Some(snap) = &report.snapshot else {
         return Ok(());
     };
-    let n = snap.n;
-    let (lo, hi) = snap
-        .truth
+    let title = format!(
+        "{} = {:.3e} (OOD), trajectory {}, frame {}, first channel",
+        report.parameter, snap.p, snap.trajectory, snap.frame
+    );
+    let prefix = format!("CCM-Prefix, α = {:+.2}", snap.prefix_alpha);
+    field_maps(
+        root,
+        &title,
+        snap.n,
+        &snap.truth,
+        &[("anchor", &snap.anchor), (&prefix, &snap.prefix)],
+    )
+}
+
+/// Writes `<path>`: the truth and each forecast field (`n × n`, one channel) side by side as heat
+/// maps on the truth's colour scale, each forecast captioned with its relative L2 error.
+pub fn field_png(
+    path: &Path,
+    title: &str,
+    n: usize,
+    truth: &[f32],
+    forecasts: &[(&str, &[f32])],
+) -> Result<(), EvalError> {
+    let width = 400 * (forecasts.len() as u32 + 1);
+    render(path, (width, 440), |root| {
+        field_maps(root, title, n, truth, forecasts)
+    })
+}
+
+fn field_maps(
+    root: &Area<'_>,
+    title: &str,
+    n: usize,
+    truth: &[f32],
+    forecasts: &[(&str, &[f32])],
+) -> DrawResult {
+    let (lo, hi) = truth
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
             (a.min(x), b.max(x))
@@ -378,39 +412,24 @@ fn forecast_maps(report: &FamilyReport, root: &Area<'_>) -> DrawResult {
     let rel = |field: &[f32]| {
         let num: f64 = field
             .iter()
-            .zip(&snap.truth)
+            .zip(truth)
             .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
             .sum();
-        let den: f64 = snap.truth.iter().map(|b| (*b as f64).powi(2)).sum();
+        let den: f64 = truth.iter().map(|b| (*b as f64).powi(2)).sum();
         (num / den.max(f64::MIN_POSITIVE)).sqrt()
     };
-    let (title, body) = root.split_vertically(40);
-    title
-        .titled(
-            &format!(
-                "{} = {:.3e} (OOD), trajectory {}, frame {}, first channel; colour scale \
-                 [{lo:.3}, {hi:.3}] of the truth",
-                report.parameter, snap.p, snap.trajectory, snap.frame
-            ),
-            (FAMILY, 18),
-        )
-        .map_err(err)?;
-    let panels = body.split_evenly((1, 3));
-    let fields: [(String, &[f32]); 3] = [
-        ("truth".into(), &snap.truth),
-        (
-            format!("anchor (error {:.3})", rel(&snap.anchor)),
-            &snap.anchor,
-        ),
-        (
-            format!(
-                "CCM-Prefix, α = {:+.2} (error {:.3})",
-                snap.prefix_alpha,
-                rel(&snap.prefix)
-            ),
-            &snap.prefix,
-        ),
-    ];
+    let (head, body) = root.split_vertically(40);
+    head.titled(
+        &format!("{title}; colour scale [{lo:.3}, {hi:.3}] of the truth"),
+        (FAMILY, 18),
+    )
+    .map_err(err)?;
+    let panels = body.split_evenly((1, forecasts.len() + 1));
+    let fields = std::iter::once(("truth".to_string(), truth)).chain(
+        forecasts
+            .iter()
+            .map(|(name, f)| (format!("{name} (error {:.3})", rel(f)), *f)),
+    );
     for (panel, (caption, field)) in panels.iter().zip(fields) {
         let mut chart = ChartBuilder::on(panel)
             .caption(caption, (FAMILY, 16))

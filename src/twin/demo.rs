@@ -69,6 +69,21 @@ pub struct ScoredForecast {
     pub steps: usize,
 }
 
+/// The first forecast next to the anchor's and the truth.
+#[derive(Debug, Clone)]
+pub struct FirstForecast {
+    /// The frame it starts from.
+    pub based_on_seq: u32,
+    /// Its α.
+    pub alpha: f64,
+    /// CCM's forecast (steps × frame).
+    pub ccm: Vec<f32>,
+    /// The anchor's from the same frame.
+    pub anchor: Vec<f32>,
+    /// The truth.
+    pub truth: Vec<f32>,
+}
+
 /// What the demo saw.
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
@@ -86,8 +101,9 @@ pub struct DemoSummary {
     pub forecasts: Vec<ScoredForecast>,
     /// Alerts received.
     pub alerts: Vec<String>,
-    /// The first forecast and its truth (steps × frame), for a plot.
-    pub first: Option<(Vec<f32>, Vec<f32>)>,
+    /// The first forecast, the anchor's from the same frame and the truth (each steps × frame),
+    /// for a plot.
+    pub first: Option<FirstForecast>,
     /// Values per frame (`channels × n × n`).
     pub frame_len: usize,
     /// Grid side.
@@ -333,7 +349,13 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
                     scored.error, scored.anchor_error
                 ));
                 if summary.first.is_none() {
-                    summary.first = Some((values[..steps * frame_len].to_vec(), truth));
+                    summary.first = Some(FirstForecast {
+                        based_on_seq: f.based_on_seq,
+                        alpha: f64::from(f.alpha),
+                        ccm: values[..steps * frame_len].to_vec(),
+                        anchor: anchor_out[..steps * frame_len].to_vec(),
+                        truth,
+                    });
                 }
                 received.insert(f.based_on_seq, steps);
                 summary.forecasts.push(scored);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ccm_twin::ccm::Line;
-use ccm_twin::infer::{Backend, OrtBackend, OrtOptions, TractBackend};
+use ccm_twin::infer::{Backend, NativeBackend, OrtBackend, OrtOptions, TractBackend};
 use ccm_twin::models::FamilyModels;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -25,13 +25,20 @@ fn main() -> anyhow::Result<()> {
     let bundle = FamilyModels::load(&dir)?;
     let line = Line::through_endpoints(bundle.low.weights.clone(), bundle.high.weights.clone())?;
     let mut merged = line.buffer();
-    let mut backends: Vec<Box<dyn Backend>> =
-        vec![Box::new(TractBackend::new(bundle.anchor.clone())?)];
+    let mut backends: Vec<(&str, Box<dyn Backend>)> = vec![
+        ("tract", Box::new(TractBackend::new(bundle.anchor.clone())?)),
+        ("tract-swap", Box::new(bundle.tract_backend()?)),
+        ("native", Box::new(NativeBackend::new(&bundle.anchor)?)),
+    ];
     match OrtBackend::new(bundle.anchor.clone(), &OrtOptions::default()) {
-        Ok(b) => backends.push(Box::new(b)),
+        Ok(b) => backends.push(("ort", Box::new(b))),
         Err(e) => eprintln!("ort not timed: {e}"),
     }
-    for b in &mut backends {
+    // an optional second argument keeps only the backends whose label contains it
+    if let Some(only) = std::env::args().nth(2) {
+        backends.retain(|(label, _)| label.contains(only.as_str()));
+    }
+    for (label, b) in &mut backends {
         let shape = b.shape();
         let state: Vec<f32> = (0..shape.input_len())
             .map(|i| 0.1 + 0.01 * (i % 13) as f32)
@@ -45,7 +52,7 @@ fn main() -> anyhow::Result<()> {
             deploys.push(t.elapsed().as_secs_f64() * 1e3);
         }
         b.step(&state, &mut y)?; // warm-up
-        let steps: Vec<f64> = (0..50)
+        let steps: Vec<f64> = (0..200)
             .map(|_| {
                 let t = Instant::now();
                 b.step(&state, &mut y)?;
@@ -53,8 +60,8 @@ fn main() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
         println!(
-            "{:>5}: deploy {:7.1} ms (median of 9 merges), step {:6.2} ms (median of 50)",
-            b.name(),
+            "{:>10}: deploy {:7.1} ms (median of 9 merges), step {:6.2} ms (median of 200)",
+            label,
             median(deploys),
             median(steps),
         );

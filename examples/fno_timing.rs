@@ -35,6 +35,7 @@ fn main() {
         modes: arg(1, 12),
         layers: arg(2, 4),
         hidden: arg(3, 64),
+        conditioning: 0,
         n: arg(4, 64),
     };
     let batch = arg(5, 8);

@@ -29,6 +29,20 @@ pub struct EvaluateArgs {
     /// generate).
     #[arg(long)]
     trajectories: Option<usize>,
+    /// Oracle experts (`train --role oracle`), searched for under this directory (three
+    /// levels deep, e.g. `<dir>/<family>/oracle/<p>/`); scored as the "oracle expert" row.
+    #[arg(long)]
+    oracle: Option<PathBuf>,
+    /// The parameter-conditioned baseline (`train --role conditioned`): its expert directory,
+    /// or a directory holding `<family>/conditioned/`; scored with the true p and with p read
+    /// out of the prefix.
+    #[arg(long)]
+    conditioned: Option<PathBuf>,
+    /// Keep the rows already scored in `<out>/<family>.json` by an earlier run of the same
+    /// protocol and compute only the missing ones (how the oracle rows are added to a finished
+    /// evaluation without redoing it).
+    #[arg(long)]
+    reuse: bool,
 }
 
 impl EvaluateArgs {
@@ -85,7 +99,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
     use ccm_twin::config::FamilyConfig;
     use ccm_twin::dataset::{self, GenerateOptions, Split};
     use ccm_twin::eval::EvalError;
-    use ccm_twin::eval::report::{self, EvalOptions, Progress};
+    use ccm_twin::eval::report::{self, EvalOptions, PerRegimeWeights, Progress};
     use ccm_twin::models::FamilyModels;
     use indicatif::{ProgressBar, ProgressStyle};
 
@@ -125,6 +139,53 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             .with_context(|| format!("reading the test split {}", test_dir.display()))?;
         let mut opts = EvalOptions::for_family(&cfg);
         opts.per_regime = args.trajectories;
+        if let Some(dir) = &args.oracle {
+            let oracles = PerRegimeWeights::load_oracles(dir, family, &models.manifest.model)?;
+            eprintln!(
+                "{family}: {} oracle expert(s) under {}",
+                oracles.0.len(),
+                dir.display()
+            );
+            opts.oracle = Some(Box::new(oracles));
+        }
+        if let Some(dir) = &args.conditioned {
+            use ccm_twin::eval::conditioned::{ConditionedFno, Coordinate};
+            let candidates = [
+                dir.join(family.name()).join("conditioned"),
+                dir.join(family.name()),
+                dir.clone(),
+            ];
+            let found = candidates.iter().find(|d| {
+                ccm_twin::fno::expert::read_meta(d).is_ok_and(|m| {
+                    m.family == family && m.role == ccm_twin::fno::expert::Role::Conditioned
+                })
+            });
+            let Some(found) = found else {
+                anyhow::bail!(
+                    "no conditioned {family} expert in {}, {} or {} (train one with `ccm-twin \
+                     train --family {family} --role conditioned --from <anchor> --data \
+                     <anchor split>`)",
+                    candidates[0].display(),
+                    candidates[1].display(),
+                    candidates[2].display()
+                );
+            };
+            let load = |c| {
+                ConditionedFno::load(found, &models.manifest.parameter, &models.manifest.model, c)
+            };
+            opts.conditioned = Some(Box::new(load(Coordinate::Known)?));
+            opts.conditioned_prefix = Some(Box::new(load(Coordinate::Prefix { k: opts.k })?));
+            eprintln!("{family}: conditioned baseline {}", found.display());
+        }
+        if args.reuse {
+            opts.reuse = report::load_report(&args.out, family)?;
+            if opts.reuse.is_some() {
+                eprintln!(
+                    "{family}: keeping the rows scored in {}",
+                    args.out.join(format!("{}.json", family.name())).display()
+                );
+            }
+        }
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -134,6 +195,7 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             .progress_chars("=> "),
         );
         bar.set_prefix(format!("evaluate {family}"));
+        let seconds_before = opts.reuse.as_ref().map_or(0.0, |r| r.seconds);
         let mut report = report::evaluate(&models, &data, &mut opts, &mut |p| match p {
             Progress::Plan(total) => bar.set_length(total as u64),
             Progress::Step(what) => {
@@ -147,7 +209,8 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         })
         .with_context(|| format!("evaluating {family} on {}", test_dir.display()))?;
         bar.finish_and_clear();
-        report.seconds = family_started.elapsed().as_secs_f64();
+        // the rows kept from an earlier run cost that run's time
+        report.seconds = seconds_before + family_started.elapsed().as_secs_f64();
         let written = report::write_family(&report, &args.out, &command)
             .with_context(|| format!("writing the {family} results"))?;
         eprintln!(
@@ -168,13 +231,17 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
                 .join(", ")
         );
         reports.push(report);
-        // after every family, so an interrupted run keeps the summary of what finished
-        let summary = report::write_summary(
-            &reports,
-            &args.out,
-            &command,
-            started.elapsed().as_secs_f64(),
-        )?;
+        // after every family, so an interrupted run keeps the summary of what finished; the
+        // families this run leaves out come from their reports in `out`, when there
+        let mut all = Vec::new();
+        for f in Family::ALL {
+            match reports.iter().find(|r| r.family == f) {
+                Some(r) => all.push(r.clone()),
+                None => all.extend(report::load_report(&args.out, f)?),
+            }
+        }
+        let seconds: f64 = all.iter().map(|r| r.seconds).sum();
+        let summary = report::write_summary(&all, &args.out, &command, seconds)?;
         eprintln!("summary -> {}", summary.display());
     }
     eprintln!(

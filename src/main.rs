@@ -115,10 +115,11 @@ struct TrainArgs {
     /// Family: navier_stokes, reaction_diffusion or dam_break.
     #[arg(long)]
     family: Family,
-    /// Role: anchor, low, high or oracle.
+    /// Role: anchor, low, high, oracle, or conditioned (the parameter-conditioned baseline of
+    /// the evaluation, fine-tuned from the anchor on the anchor split with p as an input)
     #[arg(long)]
     role: ccm_twin::fno::expert::Role,
-    /// Dataset directory of the role's split (anchor, low, high or oracle).
+    /// Dataset directory of the role's split (anchor, low, high or oracle; conditioned: anchor)
     #[arg(long)]
     data: PathBuf,
     /// Expert directory to write.
@@ -171,7 +172,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             let bad_input = err.chain().any(|e| {
                 e.downcast_ref::<ConfigError>().is_some()
                     || matches!(
@@ -565,4 +566,21 @@ fn info(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already ends with (our error types print their source inline, as `path: cause`).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -292,6 +292,39 @@ impl FamilyModels {
         .expect("same graph checked at load")
     }
 
+    /// A tract backend for merges of these experts that swaps the varying tensors in place of
+    /// re-optimising per deployment ([`TractBackend::swappable`]), with the anchor deployed.
+    pub fn tract_backend(&self) -> Result<crate::infer::TractBackend, crate::infer::InferError> {
+        use crate::infer::Backend as _;
+        let mut b =
+            crate::infer::TractBackend::swappable(self.anchor.clone(), &self.experts().varying())?;
+        b.deploy(&self.anchor.weights)?;
+        Ok(b)
+    }
+
+    /// A backend of the chosen runtime for merges of these experts, with the anchor deployed
+    /// (`ort` reads its library from `ort`).
+    pub fn backend(
+        &self,
+        runtime: crate::infer::Runtime,
+        ort: &crate::infer::OrtOptions,
+    ) -> Result<Box<dyn crate::infer::Backend + Send>, crate::infer::InferError> {
+        use crate::infer::{Backend as _, NativeBackend, OrtBackend, Runtime};
+        Ok(match runtime {
+            Runtime::Native => {
+                let mut b = NativeBackend::new(&self.anchor)?;
+                b.deploy(&self.anchor.weights)?;
+                Box::new(b)
+            }
+            Runtime::Tract => Box::new(self.tract_backend()?),
+            Runtime::Ort => {
+                let mut b = OrtBackend::new(self.anchor.clone(), ort)?;
+                b.deploy(&self.anchor.weights)?;
+                Box::new(b)
+            }
+        })
+    }
+
     /// The metadata coordinate `s(p)` of this bundle's parameter.
     pub fn coordinate(&self, p: f64) -> f64 {
         self.manifest.parameter.coordinate(p)

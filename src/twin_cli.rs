@@ -322,6 +322,9 @@ pub struct DemoArgs {
     /// Where to write the picture of the first forecast's last frame next to the truth.
     #[arg(long, default_value = "demo-forecast.png")]
     png: PathBuf,
+    /// Runtime: native (default), tract, or ort (ONNX Runtime, library from ORT_DYLIB_PATH).
+    #[arg(long, default_value = "native")]
+    runtime: ccm_twin::infer::Runtime,
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
@@ -331,6 +334,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     opts.frames = args.frames;
     opts.frame_interval = Duration::from_millis(args.interval_ms);
     opts.broker = args.broker;
+    opts.runtime = args.runtime;
     if let Some(m) = args.models {
         opts.models = m;
     }

@@ -16,7 +16,7 @@ use ccm_twin::ccm::{Line, WeightSet};
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::fno::{FnoConfig, Normalization, onnx};
 use ccm_twin::infer::{
-    Backend, InferError, OnnxExpert, OrtBackend, OrtOptions, StepShape, TractBackend,
+    Backend, InferError, NativeBackend, OnnxExpert, OrtBackend, OrtOptions, StepShape, TractBackend,
 };
 use ccm_twin::models::FamilyModels;
 use common::{ort_library, rel_l2_f32};
@@ -169,6 +169,43 @@ fn tract_agrees_with_burn_on_the_shipped_anchor_and_a_merge() {
 }
 
 #[test]
+fn the_native_runtime_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_merge() {
+    let s = shipped();
+    let mut native = NativeBackend::new(&s.bundle.anchor).unwrap();
+    assert_eq!(native.name(), "native");
+    let got = run_backend(&mut native, s);
+    assert_agree("native", &got, "tract", tract_outputs());
+    #[cfg(feature = "train")]
+    assert_agree("native", &got, "burn", burn_outputs());
+}
+
+#[test]
+fn tract_with_swapped_weights_agrees_with_tract_rebuilt_per_merge() {
+    let s = shipped();
+    let mut swap = s.bundle.tract_backend().unwrap();
+    let got = run_backend(&mut swap, s);
+    assert_agree("tract (swapped weights)", &got, "tract", tract_outputs());
+    // a weight set that changes a tensor the plan holds as a constant is refused, and the
+    // deployed merge keeps serving
+    let mut odd = s.bundle.anchor.weights.clone();
+    let fixed = s
+        .bundle
+        .anchor
+        .weights
+        .tensors()
+        .iter()
+        .map(|t| t.name.clone())
+        .find(|n| !s.bundle.experts().varying().contains(n))
+        .expect("the DFT bases are the same in every expert");
+    odd.get_mut(&fixed).unwrap()[0] += 1.0;
+    let e = swap.deploy(&odd).unwrap_err();
+    assert!(e.to_string().contains(&fixed), "{e}");
+    let mut y = vec![0.0; s.state.len()];
+    swap.step(&s.state, &mut y).unwrap();
+    assert_eq!(y, got[1].0, "the last good merge still runs");
+}
+
+#[test]
 fn ort_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_merge() {
     let Some(lib) = ort_library("ort_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_merge")
     else {
@@ -212,8 +249,19 @@ fn tiny_state(shape: StepShape, seed: u64) -> Vec<f32> {
 
 /// Every backend this run can build over `template` (ONNX Runtime when it is available).
 fn backends(template: &OnnxExpert, test: &str) -> Vec<Box<dyn Backend>> {
-    let mut all: Vec<Box<dyn Backend>> =
-        vec![Box::new(TractBackend::new(template.clone()).unwrap())];
+    let trainable: Vec<String> = template
+        .meta()
+        .unwrap()
+        .config
+        .param_shapes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut all: Vec<Box<dyn Backend>> = vec![
+        Box::new(TractBackend::new(template.clone()).unwrap()),
+        Box::new(TractBackend::swappable(template.clone(), &trainable).unwrap()),
+        Box::new(NativeBackend::new(template).unwrap()),
+    ];
     if let Some(lib) = ort_library(test) {
         all.push(Box::new(
             OrtBackend::new(template.clone(), &ort_options(lib)).unwrap_or_else(|e| panic!("{e}")),

@@ -93,7 +93,7 @@ fn quick_protocol_on_dam_break() {
         assert_eq!(table[method]["status"], "scored", "{method}");
         assert!(value(method, "mean_ood").is_finite(), "{method}");
     }
-    for method in ["conditioned_fno", "oracle"] {
+    for method in ["conditioned_fno", "conditioned_fno_prefix", "oracle"] {
         assert_eq!(table[method]["status"], "not_run", "{method}");
     }
     let summary = format!(
@@ -124,6 +124,93 @@ fn quick_protocol_on_dam_break() {
     );
     let summary_md = std::fs::read_to_string(out.path().join("summary.md")).unwrap();
     assert!(summary_md.contains("| dam_break |"), "{summary_md}");
+
+    // Adding the oracle row to the finished evaluation: `--reuse` keeps every row scored above
+    // and computes only the oracle's. Stand-in oracles carry the anchor's weights, so their row
+    // must equal the anchor's exactly.
+    let oracles = out.path().join("oracles");
+    write_anchor_as_oracles(&oracles);
+    let again = bin()
+        .args([
+            "evaluate",
+            "--family",
+            "dam_break",
+            "--quick",
+            "--reuse",
+            "--models",
+        ])
+        .arg(models())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--oracle")
+        .arg(&oracles)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "evaluate --reuse failed:\n{log}");
+    assert!(log.contains("4 oracle expert(s)"), "{log}");
+    assert!(log.contains("keeping the rows scored"), "{log}");
+    let after = read_csv(&out.path().join("dam_break.csv"));
+    assert_eq!(after["oracle"]["status"], "scored");
+    for column in ["mean_id", "mean_ood"] {
+        assert_eq!(after["oracle"][column], table["anchor"][column], "{column}");
+    }
+    for (method, row) in &table {
+        if method != "oracle" {
+            assert_eq!(&after[method], row, "{method} changed under --reuse");
+        }
+    }
+    assert!(std::fs::read_to_string(out.path().join("dam_break.json")).is_ok());
+}
+
+/// One stand-in oracle expert per dam-break test regime under `dir`, each holding the shipped
+/// anchor's weights.
+fn write_anchor_as_oracles(dir: &Path) {
+    use ccm_twin::config::{Family, FamilyConfig};
+    use ccm_twin::fno::expert::{Expert, ExpertMeta};
+    use ccm_twin::models::FamilyModels;
+
+    let bundle = FamilyModels::load(&models().join("dam_break")).unwrap();
+    let m = &bundle.manifest;
+    let names: Vec<String> = m.model.param_shapes().into_iter().map(|(n, _)| n).collect();
+    let weights = bundle
+        .anchor
+        .weights
+        .select(names.iter().map(String::as_str))
+        .unwrap();
+    for p in FamilyConfig::builtin(Family::DamBreak)
+        .parameter
+        .test_values()
+    {
+        let meta: ExpertMeta = serde_json::from_value(serde_json::json!({
+            "format_version": 1,
+            "generator": "tests/evaluate.rs",
+            "family": "dam_break",
+            "role": "oracle",
+            "parameter": m.parameter.name,
+            "p_range": [p, p],
+            "config": m.model,
+            "normalization": m.normalization,
+            "data": {
+                "dir": "none", "split": "oracle", "trajectories": 0, "seeds": [],
+                "sha256": {}, "p_filter": p
+            },
+            "training": {
+                "epochs": 0, "unroll_epochs": 0, "steps": 0, "batch": 1, "lr": 0.0,
+                "warmup_steps": 0, "seed": 0, "final_train_loss": 0.0, "epoch_losses": [],
+                "seconds": 0.0, "from": null
+            },
+            "weights_sha256": ""
+        }))
+        .unwrap();
+        let mut expert = Expert {
+            meta,
+            weights: weights.clone(),
+        };
+        expert
+            .save(&dir.join("dam_break/oracle").join(p.to_string()))
+            .unwrap();
+    }
 }
 
 #[test]

@@ -25,6 +25,7 @@ fn parameter_count_matches_the_issue_default() {
         modes: 12,
         layers: 4,
         hidden: 64,
+        conditioning: 0,
     };
     cfg.validate().unwrap();
     let p = cfg.num_params();

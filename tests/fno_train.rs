@@ -310,5 +310,97 @@ fn cli_trains_resumes_and_scores() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("expected anchor, low, high or oracle"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("expected anchor, low, high, oracle or conditioned")
+    );
+}
+
+#[test]
+fn the_conditioned_baseline_starts_as_the_anchor_and_learns_to_use_p() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use ccm_twin::fno::model::Fno;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (anchor_dir, anchor_data) = make(tmp.path(), Split::Anchor, 4);
+    let out_a = tmp.path().join("a");
+    let anchor = train::train(
+        &request(Role::Anchor, &anchor_dir, &anchor_data, &out_a, None),
+        &mut |_| {},
+    )
+    .unwrap();
+    let out_c = tmp.path().join("c");
+    let cond = train::train(
+        &request(
+            Role::Conditioned,
+            &anchor_dir,
+            &anchor_data,
+            &out_c,
+            Some((&out_a, &anchor)),
+        ),
+        &mut |_| {},
+    )
+    .unwrap();
+    let cfg = cond.meta.config;
+    assert_eq!(cfg.conditioning, 1);
+    assert_eq!(cfg.in_channels(), anchor.meta.config.in_channels() + 1);
+    assert_eq!(cond.meta.data.split, Split::Anchor);
+    assert_eq!(Expert::load(&out_c).unwrap(), cond);
+    // the coordinate's lifting column started at zero and was trained
+    let lift = cond.weights.get("lift.weight").unwrap();
+    let column: Vec<f32> = lift
+        .chunks(cfg.in_channels())
+        .map(|row| row[cfg.in_channels() - 1])
+        .collect();
+    assert!(column.iter().any(|&w| w != 0.0), "{column:?}");
+
+    // the trained model's next frame depends on the coordinate it is given
+    let device = Device::flex();
+    let model = Fno::from_weights(&cfg, &cond.meta.normalization, &cond.weights, &device).unwrap();
+    let frame: Vec<f32> = anchor_data
+        .trajectories
+        .index_axis(ndarray::Axis(0), 0)
+        .index_axis(ndarray::Axis(0), 0)
+        .iter()
+        .copied()
+        .collect();
+    let n = cfg.n;
+    let step = |s: f32| -> Vec<f32> {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(frame.clone(), [1, cfg.channels, n, n]),
+            &device,
+        );
+        let c = Tensor::<2>::from_data(TensorData::new(vec![s], [1, 1]), &device);
+        model
+            .forward_conditioned(x, Some(c))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (step(-1.0), step(1.0));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 1e-6, "the coordinate changes nothing: {diff}");
+
+    // it is an evaluation baseline, never a CCM expert: the exporter refuses it
+    let e = ccm_twin::fno::onnx::export(&cfg, &cond.meta.normalization, &cond.weights).unwrap_err();
+    assert!(e.to_string().contains("conditioned"), "{e}");
+
+    // and it cannot start from another conditioned model
+    let out_cc = tmp.path().join("cc");
+    let e = train::train(
+        &request(
+            Role::Conditioned,
+            &anchor_dir,
+            &anchor_data,
+            &out_cc,
+            Some((&out_c, &cond)),
+        ),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("anchor"), "{e}");
 }

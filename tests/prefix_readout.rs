@@ -4,6 +4,7 @@
 //!
 //! The trajectories are the test split's own (same seeds), generated here: two per regime in CI.
 //! `cargo run --example prefix_readout -- models/<family> data/<family>/test` runs the whole split.
+#![cfg(feature = "train")]
 
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::dataset::{self, GenerateOptions, Split};

@@ -48,6 +48,22 @@ impl Experts {
         Ok(Experts { anchor, low, high })
     }
 
+    /// Names of the tensors in which the three experts are not all equal: the only ones a
+    /// merge `θ_A + s + α·d` changes (the others, such as fixed DFT bases, are the same in
+    /// every merge). In layout order.
+    pub fn varying(&self) -> Vec<String> {
+        self.anchor
+            .tensors()
+            .iter()
+            .filter(|t| {
+                let r = t.offset..t.offset + t.len();
+                let a = &self.anchor.data()[r.clone()];
+                a != &self.low.data()[r.clone()] || a != &self.high.data()[r]
+            })
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
     /// The shared adaptation `s` and the direction `d`.
     pub fn shared_and_direction(&self) -> (WeightSet, WeightSet) {
         let mut s = self.anchor.clone();

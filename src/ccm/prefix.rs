@@ -207,6 +207,78 @@ pub enum PrefixError<E: std::error::Error + 'static> {
     },
 }
 
+/// Merges `alpha` into `buffer`, rolls it through the prefix and `guard_steps` past it, and
+/// scores it (unguarded: the growth limit is applied later, over all candidates).
+fn candidate<R: Rollout>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    obs: Observation<'_>,
+    cfg: &PrefixConfig,
+    scratch: &mut [f32],
+    alpha: f64,
+) -> Result<Candidate, PrefixError<R::Error>> {
+    let (fl, t_in) = (obs.frame_len, obs.t_in);
+    let k = obs.len();
+    let prefix_steps = k - t_in;
+    let steps = prefix_steps + cfg.guard_steps;
+    line.merge_into(alpha as f32, buffer)?;
+    model
+        .rollout(buffer, &obs.frames[..t_in * fl], steps, scratch)
+        .map_err(PrefixError::Rollout)?;
+    let predicted = &scratch[..steps * fl];
+    let observed = &obs.frames[t_in * fl..];
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (i, (p, o)) in predicted[..prefix_steps * fl]
+        .iter()
+        .zip(observed)
+        .enumerate()
+    {
+        if obs.mask.is_none_or(|m| m[i % fl]) {
+            num += (*p as f64 - *o as f64).powi(2);
+            den += (*o as f64).powi(2);
+        }
+    }
+    let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+    let norm = |f: &[f32]| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let non_finite = predicted.iter().any(|x| !x.is_finite()) || !error.is_finite();
+    let growth = if cfg.guard_steps > 0 && !non_finite {
+        let inside = predicted[..prefix_steps * fl]
+            .chunks(fl)
+            .map(norm)
+            .fold(0.0, f64::max)
+            .max(norm(&obs.frames[(t_in - 1) * fl..t_in * fl]));
+        let past = predicted[prefix_steps * fl..]
+            .chunks(fl)
+            .map(norm)
+            .fold(0.0, f64::max);
+        past / inside.max(f64::MIN_POSITIVE)
+    } else if non_finite {
+        f64::INFINITY
+    } else {
+        1.0
+    };
+    Ok(Candidate {
+        alpha,
+        error: if error.is_finite() {
+            error
+        } else {
+            f64::INFINITY
+        },
+        growth,
+        rejected: non_finite.then_some(Rejection::NonFinite),
+    })
+}
+
+/// A second runtime (with its own merge buffer, the line's layout) that takes a share of the
+/// coarse scan in its own thread: [`read_prefix_parallel`].
+pub struct Helper<R> {
+    /// The runtime.
+    pub model: R,
+    /// Its merge buffer.
+    pub buffer: WeightSet,
+}
+
 struct Search<'a, R: Rollout> {
     line: &'a Line,
     buffer: &'a mut WeightSet,
@@ -224,61 +296,15 @@ impl<R: Rollout> Search<'_, R> {
         if let Some(c) = self.evaluated.iter().find(|c| c.alpha == alpha) {
             return Ok(*c);
         }
-        let (fl, t_in) = (self.obs.frame_len, self.obs.t_in);
-        let k = self.obs.len();
-        let prefix_steps = k - t_in;
-        let steps = prefix_steps + self.cfg.guard_steps;
-        self.line.merge_into(alpha as f32, self.buffer)?;
-        self.model
-            .rollout(
-                self.buffer,
-                &self.obs.frames[..t_in * fl],
-                steps,
-                &mut self.scratch,
-            )
-            .map_err(PrefixError::Rollout)?;
-        let predicted = &self.scratch[..steps * fl];
-        let observed = &self.obs.frames[t_in * fl..];
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (i, (p, o)) in predicted[..prefix_steps * fl]
-            .iter()
-            .zip(observed)
-            .enumerate()
-        {
-            if self.obs.mask.is_none_or(|m| m[i % fl]) {
-                num += (*p as f64 - *o as f64).powi(2);
-                den += (*o as f64).powi(2);
-            }
-        }
-        let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
-        let norm = |f: &[f32]| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let non_finite = predicted.iter().any(|x| !x.is_finite()) || !error.is_finite();
-        let growth = if self.cfg.guard_steps > 0 && !non_finite {
-            let inside = predicted[..prefix_steps * fl]
-                .chunks(fl)
-                .map(norm)
-                .fold(0.0, f64::max)
-                .max(norm(&self.obs.frames[(t_in - 1) * fl..t_in * fl]));
-            let past = predicted[prefix_steps * fl..]
-                .chunks(fl)
-                .map(norm)
-                .fold(0.0, f64::max);
-            past / inside.max(f64::MIN_POSITIVE)
-        } else if non_finite {
-            f64::INFINITY
-        } else {
-            1.0
-        };
-        let c = Candidate {
+        let c = candidate(
+            self.line,
+            self.buffer,
+            self.model,
+            self.obs,
+            self.cfg,
+            &mut self.scratch,
             alpha,
-            error: if error.is_finite() {
-                error
-            } else {
-                f64::INFINITY
-            },
-            growth,
-            rejected: non_finite.then_some(Rejection::NonFinite),
-        };
+        )?;
         self.evaluated.push(c);
         Ok(c)
     }
@@ -339,6 +365,123 @@ pub fn read_prefix<R: Rollout>(
     prior: Option<f64>,
     cfg: &PrefixConfig,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
+    search(
+        line,
+        buffer,
+        model,
+        &mut [],
+        obs,
+        prior,
+        cfg,
+        &mut |_, _, _, _, _, _| unreachable!("no helpers"),
+    )
+}
+
+/// [`read_prefix`] with the coarse scan shared out: `helpers` each evaluate every
+/// `(helpers + 1)`-th point of the grid in a thread of their own, the caller's `model` the rest.
+/// The result is the one [`read_prefix`] gives (the same candidates, merged and scored the same
+/// way), in about `1/(helpers + 1)` of the coarse scan's time on as many free cores.
+pub fn read_prefix_parallel<R: Rollout + Send>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    helpers: &mut [Helper<R>],
+    obs: Observation<'_>,
+    prior: Option<f64>,
+    cfg: &PrefixConfig,
+) -> Result<PrefixReadout, PrefixError<R::Error>> {
+    search(
+        line,
+        buffer,
+        model,
+        helpers,
+        obs,
+        prior,
+        cfg,
+        &mut scan_shared,
+    )
+}
+
+/// Evaluates `grid` with the caller's runtime and the helpers, each point once, in grid order.
+type CoarseScan<'h, R> = dyn FnMut(
+        &Line,
+        &mut Search<'_, R>,
+        &mut [Helper<R>],
+        Observation<'_>,
+        &PrefixConfig,
+        &[f64],
+    ) -> Result<(), PrefixError<<R as Rollout>::Error>>
+    + 'h;
+
+fn scan_shared<R: Rollout + Send>(
+    line: &Line,
+    s: &mut Search<'_, R>,
+    helpers: &mut [Helper<R>],
+    obs: Observation<'_>,
+    cfg: &PrefixConfig,
+    grid: &[f64],
+) -> Result<(), PrefixError<R::Error>> {
+    let workers = helpers.len() + 1;
+    let scratch_len = s.scratch.len();
+    let shares: Vec<Vec<Result<Candidate, PrefixError<R::Error>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = helpers
+            .iter_mut()
+            .enumerate()
+            .map(|(h, helper)| {
+                scope.spawn(move || {
+                    let mut scratch = vec![0.0f32; scratch_len];
+                    grid.iter()
+                        .skip(h + 1)
+                        .step_by(workers)
+                        .map(|&a| {
+                            candidate(
+                                line,
+                                &mut helper.buffer,
+                                &mut helper.model,
+                                obs,
+                                cfg,
+                                &mut scratch,
+                                a,
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mine: Vec<_> = grid
+            .iter()
+            .step_by(workers)
+            .map(|&a| candidate(line, s.buffer, s.model, obs, cfg, &mut s.scratch, a))
+            .collect();
+        let mut all = vec![mine];
+        all.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a readout helper panicked")),
+        );
+        all
+    });
+    let mut iters: Vec<_> = shares.into_iter().map(|v| v.into_iter()).collect();
+    for i in 0..grid.len() {
+        let c = iters[i % workers]
+            .next()
+            .expect("one result per grid point")?;
+        s.evaluated.push(c);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn search<R: Rollout>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    helpers: &mut [Helper<R>],
+    obs: Observation<'_>,
+    prior: Option<f64>,
+    cfg: &PrefixConfig,
+    scan: &mut CoarseScan<'_, R>,
+) -> Result<PrefixReadout, PrefixError<R::Error>> {
     let fl = obs.frame_len;
     if fl == 0 || !obs.frames.len().is_multiple_of(fl) {
         return Err(PrefixError::BadPrefix(format!(
@@ -374,8 +517,12 @@ pub fn read_prefix<R: Rollout>(
     let grid: Vec<f64> = (0..n)
         .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
         .collect();
-    for &a in &grid {
-        s.evaluate(a)?;
+    if helpers.is_empty() {
+        for &a in &grid {
+            s.evaluate(a)?;
+        }
+    } else {
+        scan(line, &mut s, helpers, obs, cfg, &grid)?;
     }
     s.set_growth_limit();
     let mut best = 0;
@@ -587,6 +734,41 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c.rejected, Some(Rejection::Growth { .. })))
         );
+    }
+
+    #[test]
+    fn helpers_in_threads_read_what_one_runtime_reads() {
+        // the guard case: rejections, a refinement and a gain all take part
+        let l = line(0.88, 1.12);
+        let obs_frames = [1.0, 1.26, 1.5, 1.8];
+        let cfg = PrefixConfig {
+            gain: 1.1,
+            ..Default::default()
+        };
+        let mut buf = l.buffer();
+        let one = read_prefix(&l, &mut buf, &mut Growth, scalar(&obs_frames), None, &cfg).unwrap();
+        for helpers in 1..=3 {
+            let mut pool: Vec<Helper<Growth>> = (0..helpers)
+                .map(|_| Helper {
+                    model: Growth,
+                    buffer: l.buffer(),
+                })
+                .collect();
+            let mut buf = l.buffer();
+            let many = read_prefix_parallel(
+                &l,
+                &mut buf,
+                &mut Growth,
+                &mut pool,
+                scalar(&obs_frames),
+                None,
+                &cfg,
+            )
+            .unwrap();
+            assert_eq!(many.alpha, one.alpha, "{helpers} helper(s)");
+            assert_eq!(many.curve, one.curve, "{helpers} helper(s)");
+            assert_eq!(many.confidence, one.confidence, "{helpers} helper(s)");
+        }
     }
 
     #[test]

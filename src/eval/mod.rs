@@ -15,6 +15,7 @@ use crate::fno::model::{Fno, rollout};
 use crate::fno::{FnoConfig, Normalization};
 use crate::models::{Calibration, FamilyModels};
 
+pub mod conditioned;
 pub mod plot;
 pub mod report;
 
@@ -77,19 +78,29 @@ impl<'a> Scorer<'a> {
             .expect("an FNO expert holds every canonical tensor");
         let model = Fno::from_weights(&self.cfg, &self.norm, &params, &self.device)
             .expect("canonical weights");
-        let t_in = self.cfg.t_in;
+        rollout(
+            &model,
+            &self.frames(indices, 0, self.cfg.t_in),
+            indices.len(),
+            self.horizon,
+        )
+    }
+
+    /// Frames `from..from + count` of each trajectory in `indices`, trajectory-major
+    /// (`indices.len() × count × frame_len` values).
+    pub fn frames(&self, indices: &[usize], from: usize, count: usize) -> Vec<f32> {
         let traj = &self.data.trajectories;
-        let mut init = Vec::with_capacity(indices.len() * t_in * self.frame_len());
+        let mut out = Vec::with_capacity(indices.len() * count * self.frame_len());
         for &i in indices {
-            for t in 0..t_in {
-                init.extend(
+            for t in from..from + count {
+                out.extend(
                     traj.index_axis(ndarray::Axis(0), i)
                         .index_axis(ndarray::Axis(0), t)
                         .iter(),
                 );
             }
         }
-        rollout(&model, &init, indices.len(), self.horizon)
+        out
     }
 
     /// Scores rollouts (`pred` as [`Scorer::predict`] returns them) of the trajectories
@@ -393,7 +404,7 @@ pub fn check_prefix(
     }
     let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
     let mut buffer = line.buffer();
-    let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
+    let mut backend = models.tract_backend()?;
     let scorer = Scorer::new(m.model, m.normalization.clone(), data, usize::MAX, k - t_in);
     let search = HindsightSearch::around(cfg.interval, 0.4);
     let mut out = Vec::new();
@@ -532,7 +543,7 @@ pub fn calibrate_prefix(
     };
     let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
     let mut buffer = line.buffer();
-    let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
+    let mut backend = models.tract_backend()?;
     let mut points = Vec::new();
     for (p, idx) in groups(calib) {
         let Some(best) = calibration

@@ -95,6 +95,7 @@ fn colour(m: Method) -> RGBColor {
         Method::Prefix => RGBColor(20, 70, 220),
         Method::RandomDirection => RGBColor(220, 40, 40),
         Method::Conditioned => RGBColor(140, 90, 40),
+        Method::ConditionedPrefix => RGBColor(200, 150, 90),
         Method::Hindsight => RGBColor(210, 60, 170),
         Method::Oracle => RGBColor(120, 130, 20),
     }

@@ -35,6 +35,7 @@ use crate::ccm::decompose::random_direction;
 use crate::ccm::{Interval, Line, WeightSet};
 use crate::config::{Family, FamilyConfig};
 use crate::dataset::Dataset;
+use crate::fno::FnoConfig;
 use crate::models::FamilyModels;
 
 /// Seed of the random direction of the control row (fixed, so the control is the same in every
@@ -51,7 +52,10 @@ pub fn paper_ood_reduction(family: Family) -> f64 {
 }
 
 /// A row of the results table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Method {
     /// The family anchor `θ_A`.
     Anchor,
@@ -69,8 +73,11 @@ pub enum Method {
     Prefix,
     /// Control: the best α in hindsight along a random direction of the same norm as `d`.
     RandomDirection,
-    /// Baseline: an FNO trained on the anchor data with `p`'s coordinate as an input channel.
+    /// Baseline: an FNO trained on the anchor data with `p`'s coordinate as an input channel,
+    /// told the true `p`.
     Conditioned,
+    /// The same baseline with `p`'s coordinate read out of the `K`-frame prefix.
+    ConditionedPrefix,
     /// The best α in hindsight along the CCM line (the ceiling of the line).
     Hindsight,
     /// An expert fine-tuned on the target regime.
@@ -79,7 +86,7 @@ pub enum Method {
 
 impl Method {
     /// Every row, in table order.
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::Anchor,
         Method::StaticAverage,
         Method::NearestEndpoint,
@@ -89,6 +96,7 @@ impl Method {
         Method::Prefix,
         Method::RandomDirection,
         Method::Conditioned,
+        Method::ConditionedPrefix,
         Method::Hindsight,
         Method::Oracle,
     ];
@@ -107,7 +115,8 @@ impl Method {
             Method::Calibrated => "CCM-calibrated",
             Method::Prefix => "CCM-Prefix",
             Method::RandomDirection => "control: random direction",
-            Method::Conditioned => "parameter-conditioned FNO",
+            Method::Conditioned => "parameter-conditioned FNO (true p)",
+            Method::ConditionedPrefix => "parameter-conditioned FNO (p from the prefix)",
             Method::Hindsight => "best α in hindsight",
             Method::Oracle => "oracle expert",
         }
@@ -125,6 +134,7 @@ impl Method {
             Method::Prefix => "ccm_prefix",
             Method::RandomDirection => "random_direction",
             Method::Conditioned => "conditioned_fno",
+            Method::ConditionedPrefix => "conditioned_fno_prefix",
             Method::Hindsight => "ccm_hindsight",
             Method::Oracle => "oracle",
         }
@@ -134,14 +144,24 @@ impl Method {
 /// A model scored beside the merges that is not a point of the CCM line: the oracle experts and
 /// the parameter-conditioned FNO plug in here.
 pub trait Forecaster {
-    /// Rollouts of the trajectories `indices` of the scorer's dataset (all of regime `p`), laid
-    /// out as [`Scorer::predict`] returns them, or `None` when there is no model for `p`.
+    /// Rollouts of the trajectories `indices` of the scorer's dataset (all of regime `p`), or
+    /// `None` when there is no model for `p`.
     fn forecast(
         &mut self,
         scorer: &Scorer<'_>,
         p: f64,
         indices: &[usize],
-    ) -> Result<Option<Vec<f32>>, EvalError>;
+    ) -> Result<Option<Forecast>, EvalError>;
+}
+
+/// What a [`Forecaster`] rolled out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    /// The rollouts, laid out as [`Scorer::predict`] returns them.
+    pub pred: Vec<f32>,
+    /// Per trajectory, the coordinate the model was run at (the conditioned baseline's `s(p)`;
+    /// empty for a model that takes none).
+    pub coordinates: Vec<f64>,
 }
 
 /// One weight set of the bundle's architecture per regime (the oracle experts, fine-tuned from
@@ -155,25 +175,99 @@ impl Forecaster for PerRegimeWeights {
         scorer: &Scorer<'_>,
         p: f64,
         indices: &[usize],
-    ) -> Result<Option<Vec<f32>>, EvalError> {
+    ) -> Result<Option<Forecast>, EvalError> {
         Ok(self
             .0
             .iter()
-            .find(|(q, _)| (q - p).abs() <= 1e-9 * p.abs())
-            .map(|(_, w)| scorer.predict(w, indices)))
+            .find(|(q, _)| same_p(*q, p))
+            .map(|(_, w)| Forecast {
+                pred: scorer.predict(w, indices),
+                coordinates: Vec::new(),
+            }))
     }
+}
+
+impl PerRegimeWeights {
+    /// The oracle experts of `family` found under `dir` (searched three levels deep, as
+    /// `ccm-twin train --role oracle --out <dir>/<family>/oracle/<p>` lays them out): each
+    /// must have the bundle's architecture `cfg`. Experts of other roles or families are
+    /// passed over; two oracles of one regime are refused.
+    pub fn load_oracles(dir: &Path, family: Family, cfg: &FnoConfig) -> Result<Self, EvalError> {
+        let mut found = Vec::new();
+        find_experts(dir, 3, &mut found)?;
+        found.sort();
+        let mut out: Vec<(f64, WeightSet, PathBuf)> = Vec::new();
+        for path in found {
+            let meta = crate::fno::expert::read_meta(&path)
+                .map_err(|e| EvalError::Setup(format!("oracle expert: {e}")))?;
+            if meta.role != crate::fno::expert::Role::Oracle || meta.family != family {
+                continue;
+            }
+            let Some(p) = meta.data.p_filter else {
+                return Err(EvalError::Setup(format!(
+                    "{} is an oracle expert without the regime it was trained on",
+                    path.display()
+                )));
+            };
+            if meta.config != *cfg {
+                return Err(EvalError::Setup(format!(
+                    "the oracle expert {} has the architecture {:?}, the bundle {:?}",
+                    path.display(),
+                    meta.config,
+                    cfg
+                )));
+            }
+            if let Some((_, _, other)) = out.iter().find(|(q, _, _)| same_p(*q, p)) {
+                return Err(EvalError::Setup(format!(
+                    "two oracle experts of {} = {p:e}: {} and {}; keep one",
+                    meta.parameter,
+                    other.display(),
+                    path.display()
+                )));
+            }
+            let expert = crate::fno::expert::Expert::load(&path)
+                .map_err(|e| EvalError::Setup(format!("oracle expert: {e}")))?;
+            out.push((p, expert.weights, path));
+        }
+        Ok(PerRegimeWeights(
+            out.into_iter().map(|(p, w, _)| (p, w)).collect(),
+        ))
+    }
+}
+
+fn same_p(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+/// Directories under `dir` (itself included, `depth` levels down) holding an `expert.json`.
+fn find_experts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), EvalError> {
+    if dir.join(crate::fno::expert::META_FILE).is_file() {
+        out.push(dir.to_path_buf());
+        return Ok(());
+    }
+    if depth == 0 {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| EvalError::Setup(format!("cannot list {}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            find_experts(&entry.path(), depth - 1, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a planned row is empty when no model is given for it.
 fn not_run_reason(method: Method) -> &'static str {
     match method {
-        Method::Conditioned => {
+        Method::Conditioned | Method::ConditionedPrefix => {
             "needs an FNO trained on the anchor data with the coordinate of p as an extra input \
-             channel (scored with the true p and with p read out of the prefix); not trained yet"
+             channel (`ccm-twin train --role conditioned`, then `evaluate --conditioned DIR`)"
         }
         Method::Oracle => {
             "needs an expert fine-tuned on each test regime (`ccm-twin train --role oracle` on \
-             the oracle split); not trained yet"
+             the oracle split, then `evaluate --oracle DIR`)"
         }
         _ => "not run",
     }
@@ -193,8 +287,14 @@ pub struct EvalOptions {
     pub random_seed: u64,
     /// Oracle experts, when trained.
     pub oracle: Option<Box<dyn Forecaster>>,
-    /// The parameter-conditioned FNO, when trained.
+    /// The parameter-conditioned FNO told the true `p`, when trained.
     pub conditioned: Option<Box<dyn Forecaster>>,
+    /// The parameter-conditioned FNO with `p` read out of the prefix, when trained.
+    pub conditioned_prefix: Option<Box<dyn Forecaster>>,
+    /// A previous run's report of the same protocol: its scored rows (and their curves and
+    /// forecast snapshot) are kept, and only the rows it did not run are computed. How the
+    /// oracle or conditioned rows are added to a finished evaluation without redoing it.
+    pub reuse: Option<FamilyReport>,
 }
 
 impl EvalOptions {
@@ -210,12 +310,14 @@ impl EvalOptions {
             random_seed: RANDOM_DIRECTION_SEED,
             oracle: None,
             conditioned: None,
+            conditioned_prefix: None,
+            reuse: None,
         }
     }
 }
 
 /// A test regime.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Regime {
     /// The parameter.
     pub p: f64,
@@ -228,7 +330,7 @@ pub struct Regime {
 }
 
 /// What one method scored on one regime.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RegimeScore {
     /// nRMSE of each trajectory.
     pub errors: Vec<f64>,
@@ -264,7 +366,7 @@ impl RegimeScore {
 }
 
 /// A row's outcome.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// One score per regime, in the report's regime order.
     Scored(Vec<RegimeScore>),
@@ -273,7 +375,7 @@ pub enum Outcome {
 }
 
 /// A row of the table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     /// The method.
     pub method: Method,
@@ -282,7 +384,7 @@ pub struct Row {
 }
 
 /// The error-vs-α curves of one regime, from the hindsight searches.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scan {
     /// The regime's parameter.
     pub p: f64,
@@ -293,7 +395,7 @@ pub struct Scan {
 }
 
 /// One forecast frame next to the truth (first channel).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     /// The regime's parameter.
     pub p: f64,
@@ -314,7 +416,7 @@ pub struct Snapshot {
 }
 
 /// The evaluation of one family.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FamilyReport {
     /// The family.
     pub family: Family,
@@ -535,7 +637,8 @@ impl FamilyReport {
         let _ = writeln!(
             md,
             "\nCCM-Prefix: mean (min … max) over the trajectories; the random direction's α is \
-             along r, not d.\n"
+             along r, not d; the conditioned FNO's rows give the coordinate s(p) it was run at \
+             (true, or read out of the prefix), not an α.\n"
         );
         let f = self.family.name();
         let (id, ood) = (
@@ -630,10 +733,15 @@ pub fn summary_markdown(reports: &[FamilyReport], command: &str, seconds: f64) -
     let mut md = String::from("# CCM evaluation: summary\n\n");
     let _ = writeln!(
         md,
-        "Command: `{command}`  \nWall time: {seconds:.0} s in all.\n\n\
+        "Command: `{command}`  \nWall time: {seconds:.0} s in all ({}).\n\n\
          OOD error reduction relative to the family anchor, of the mean nRMSE over the OOD \
          regimes (the mean ID reduction in brackets). Best metadata readout: the best of \
-         CCM-Coord, CCM-Scale and CCM-calibrated on the OOD regimes.\n"
+         CCM-Coord, CCM-Scale and CCM-calibrated on the OOD regimes.\n",
+        reports
+            .iter()
+            .map(|r| format!("{} {:.0} s", r.family.name(), r.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let header: Vec<String> = [
         "family",
@@ -643,6 +751,8 @@ pub fn summary_markdown(reports: &[FamilyReport], command: &str, seconds: f64) -
         "best metadata readout",
         "best α in hindsight",
         "random direction",
+        "oracle expert",
+        "conditioned FNO",
         "paper (CCM)",
         "CCM reaches the paper",
     ]
@@ -672,6 +782,8 @@ pub fn summary_markdown(reports: &[FamilyReport], command: &str, seconds: f64) -
             meta,
             cell(Method::Hindsight),
             cell(Method::RandomDirection),
+            cell(Method::Oracle),
+            cell(Method::Conditioned),
             format!("{paper:.1} %"),
             if reached.is_empty() {
                 "no".into()
@@ -780,9 +892,40 @@ pub fn evaluate(
     let search = HindsightSearch::around(interval, opts.scan_spacing);
     let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
     let mut buffer = line.buffer();
-    let mut backend = crate::infer::TractBackend::new(models.anchor.clone())?;
+    let mut backend = models.tract_backend()?;
     let (_, d) = models.experts().shared_and_direction();
     let random = Line::from_base_direction(line.buffer(), random_direction(&d, opts.random_seed))?;
+    let mut report = FamilyReport {
+        family: m.family,
+        parameter: m.parameter.name.clone(),
+        regimes,
+        rows: Vec::new(),
+        scans: Vec::new(),
+        snapshot: None,
+        t_in,
+        k,
+        horizon: scorer.horizon,
+        skip: scorer.skip,
+        interval,
+        hindsight: search.interval,
+        prefix_gain: prefix_cfg.gain,
+        random_seed: opts.random_seed,
+        seconds: 0.0,
+    };
+    let prior = opts.reuse.take();
+    if let Some(why) = prior.as_ref().and_then(|p| protocol_mismatch(p, &report)) {
+        return Err(EvalError::Setup(format!(
+            "the previous {} report differs from this run in: {why}; run without reusing it",
+            m.family
+        )));
+    }
+    let reused = |method: Method| -> Option<&Row> {
+        prior
+            .as_ref()?
+            .row(method)
+            .filter(|r| matches!(r.outcome, Outcome::Scored(_)))
+    };
+    let regimes = std::mem::take(&mut report.regimes);
 
     // the metadata readouts' α per regime, or why the row cannot run
     let calibration = m.calibration.as_ref();
@@ -834,6 +977,9 @@ pub fn evaluate(
             },
         ];
         for (method, weights, alphas) in fixed {
+            if reused(method).is_some() {
+                continue;
+            }
             record(
                 &mut results,
                 method,
@@ -842,6 +988,9 @@ pub fn evaluate(
             step(method.label());
         }
         for method in Method::METADATA {
+            if reused(method).is_some() {
+                continue;
+            }
             let score = metadata_alpha(method, s).map(|a| {
                 line.merge_into(a as f32, &mut buffer)
                     .expect("the buffer has the line's layout");
@@ -852,7 +1001,7 @@ pub fn evaluate(
         }
         // CCM-Prefix: α per trajectory from its own first K frames, p unknown
         let mut alphas = Vec::with_capacity(idx.len());
-        for &i in idx {
+        for &i in idx.iter().filter(|_| reused(Method::Prefix).is_none()) {
             alphas.extend(read_alphas(
                 &line,
                 &mut buffer,
@@ -864,53 +1013,69 @@ pub fn evaluate(
             )?);
             step("CCM-Prefix readout");
         }
-        let scores = score_at_alphas(&scorer, &line, &mut buffer, idx, &alphas)?;
-        record(
-            &mut results,
-            Method::Prefix,
-            Ok(RegimeScore::new(&scores, alphas.clone())),
-        );
-        step("CCM-Prefix");
-        prefix_alphas.push(alphas);
-        // the ceiling of the line and the control: the same search along d and along r
-        let mut curves = Vec::new();
-        for (method, l) in [
-            (Method::Hindsight, &line),
-            (Method::RandomDirection, &random),
-        ] {
-            let (a, _, curve) = search.run(&scorer, l, idx, &mut |a, e| {
-                step(&format!(
-                    "{} scan α = {a:+.2} (error {e:.4})",
-                    method.label()
-                ))
-            });
-            l.merge_into(a as f32, &mut buffer)?;
+        if reused(Method::Prefix).is_none() {
+            let scores = score_at_alphas(&scorer, &line, &mut buffer, idx, &alphas)?;
             record(
                 &mut results,
-                method,
-                Ok(RegimeScore::new(
-                    &scorer.scores(&buffer, idx),
-                    vec![a; idx.len()],
-                )),
+                Method::Prefix,
+                Ok(RegimeScore::new(&scores, alphas.clone())),
             );
-            step(method.label());
-            curves.push(curve);
+            step("CCM-Prefix");
         }
-        let random_curve = curves.pop().unwrap_or_default();
-        scans.push(Scan {
-            p: regime.p,
-            ccm: curves.pop().unwrap_or_default(),
-            random: random_curve,
-        });
+        prefix_alphas.push(alphas);
+        // the ceiling of the line and the control: the same search along d and along r
+        let searched = [Method::Hindsight, Method::RandomDirection];
+        if let (true, Some(scan)) = (
+            searched.iter().all(|&m| reused(m).is_some()),
+            prior
+                .as_ref()
+                .and_then(|p| p.scans.iter().find(|c| c.p == regime.p)),
+        ) {
+            scans.push(scan.clone());
+        } else {
+            let mut curves = Vec::new();
+            for (method, l) in [
+                (Method::Hindsight, &line),
+                (Method::RandomDirection, &random),
+            ] {
+                let (a, _, curve) = search.run(&scorer, l, idx, &mut |a, e| {
+                    step(&format!(
+                        "{} scan α = {a:+.2} (error {e:.4})",
+                        method.label()
+                    ))
+                });
+                l.merge_into(a as f32, &mut buffer)?;
+                record(
+                    &mut results,
+                    method,
+                    Ok(RegimeScore::new(
+                        &scorer.scores(&buffer, idx),
+                        vec![a; idx.len()],
+                    )),
+                );
+                step(method.label());
+                curves.push(curve);
+            }
+            let random_curve = curves.pop().unwrap_or_default();
+            scans.push(Scan {
+                p: regime.p,
+                ccm: curves.pop().unwrap_or_default(),
+                random: random_curve,
+            });
+        }
         // rows whose models are plugged in from outside
         for (method, extra) in [
             (Method::Conditioned, opts.conditioned.as_mut()),
+            (Method::ConditionedPrefix, opts.conditioned_prefix.as_mut()),
             (Method::Oracle, opts.oracle.as_mut()),
         ] {
+            if reused(method).is_some() {
+                continue;
+            }
             let score = match extra {
                 None => Err(not_run_reason(method).to_string()),
                 Some(f) => match f.forecast(&scorer, regime.p, idx)? {
-                    Some(pred) => Ok(RegimeScore::new(&scorer.score(&pred, idx), vec![])),
+                    Some(f) => Ok(RegimeScore::new(&scorer.score(&f.pred, idx), f.coordinates)),
                     None => Err(format!("no model for {name}")),
                 },
             };
@@ -918,36 +1083,27 @@ pub fn evaluate(
         }
         progress(Progress::Regime(regime_line(&name, regime.ood, &results)));
     }
-    let rows = results
+    report.rows = results
         .into_iter()
-        .map(|(method, r)| Row {
-            method,
-            outcome: match r {
-                Ok(scores) => Outcome::Scored(scores),
-                Err(why) => Outcome::NotRun(why),
+        .map(|(method, r)| match reused(method) {
+            Some(row) => row.clone(),
+            None => Row {
+                method,
+                outcome: match r {
+                    Ok(scores) => Outcome::Scored(scores),
+                    Err(why) => Outcome::NotRun(why),
+                },
             },
         })
         .collect();
-    let mut report = FamilyReport {
-        family: m.family,
-        parameter: m.parameter.name.clone(),
-        regimes,
-        rows,
-        scans,
-        snapshot: None,
-        t_in,
-        k,
-        horizon: scorer.horizon,
-        skip: scorer.skip,
-        interval,
-        hindsight: search.interval,
-        prefix_gain: prefix_cfg.gain,
-        random_seed: opts.random_seed,
-        seconds: 0.0,
-    };
+    report.regimes = regimes;
+    report.scans = scans;
     // one forecast next to the truth: the first trajectory of the OOD regime the plots show
     let r = report.focus_ood();
-    if let (Some(&i), Some(&alpha)) = (report.regimes[r].indices.first(), prefix_alphas[r].first())
+    if reused(Method::Prefix).is_some() {
+        report.snapshot = prior.as_ref().and_then(|p| p.snapshot.clone());
+    } else if let (Some(&i), Some(&alpha)) =
+        (report.regimes[r].indices.first(), prefix_alphas[r].first())
     {
         let n = m.model.n;
         let last =
@@ -986,7 +1142,8 @@ fn record(
     }
 }
 
-/// One line for a finished regime: anchor, CCM-Prefix (mean α) and the best α in hindsight.
+/// One line for a finished regime: the anchor, the CCM readouts (mean α), the control, the
+/// ceiling and the baselines that ran.
 fn regime_line(
     name: &str,
     ood: bool,
@@ -1006,6 +1163,9 @@ fn regime_line(
         Method::Prefix,
         Method::RandomDirection,
         Method::Hindsight,
+        Method::Conditioned,
+        Method::ConditionedPrefix,
+        Method::Oracle,
     ] {
         if let Some(s) = last(m) {
             let _ = write!(line, "  {} {}", m.key(), num(s.mean()));
@@ -1030,7 +1190,9 @@ pub fn write_family(
     })?;
     let f = report.family.name();
     let mut written = Vec::new();
+    let json = serde_json::to_string_pretty(report).expect("a report serialises");
     for (name, text) in [
+        (format!("{f}.json"), json),
         (format!("{f}.md"), report.to_markdown(command)),
         (format!("{f}.csv"), report.to_csv()),
         (format!("{f}_steps.csv"), report.steps_csv()),
@@ -1039,6 +1201,55 @@ pub fn write_family(
     }
     written.extend(super::plot::family_plots(report, out)?);
     Ok(written)
+}
+
+/// The report a previous run wrote to `<out>/<family>.json`, if there is one.
+pub fn load_report(out: &Path, family: Family) -> Result<Option<FamilyReport>, EvalError> {
+    let path = out.join(format!("{}.json", family.name()));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(EvalError::Setup(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        EvalError::Setup(format!(
+            "{} is not a report this version can read ({e}); remove it or write elsewhere",
+            path.display()
+        ))
+    })
+}
+
+/// Why a previous report cannot lend its rows to a run of `now`'s protocol, or `None` when
+/// it can: the same family, regimes, trajectories, prefix, horizon, intervals, gain and
+/// random seed.
+pub fn protocol_mismatch(old: &FamilyReport, now: &FamilyReport) -> Option<String> {
+    let regimes = |r: &FamilyReport| -> Vec<(f64, Vec<usize>)> {
+        r.regimes.iter().map(|g| (g.p, g.indices.clone())).collect()
+    };
+    let checks: [(&str, bool); 8] = [
+        ("family", old.family == now.family),
+        ("regimes or trajectories", regimes(old) == regimes(now)),
+        ("prefix K or T_in", (old.k, old.t_in) == (now.k, now.t_in)),
+        (
+            "horizon",
+            (old.horizon, old.skip) == (now.horizon, now.skip),
+        ),
+        ("readout interval", old.interval == now.interval),
+        ("hindsight interval", old.hindsight == now.hindsight),
+        ("CCM-Prefix gain", old.prefix_gain == now.prefix_gain),
+        ("random direction seed", old.random_seed == now.random_seed),
+    ];
+    let differ: Vec<&str> = checks
+        .iter()
+        .filter(|(_, same)| !same)
+        .map(|(what, _)| *what)
+        .collect();
+    (!differ.is_empty()).then(|| differ.join(", "))
 }
 
 /// Writes `summary.md` into `out`.

@@ -47,11 +47,21 @@ pub enum Role {
     High,
     /// An oracle expert fine-tuned from the anchor on one target regime (evaluation only).
     Oracle,
+    /// The parameter-conditioned baseline (evaluation only): the anchor's architecture with the
+    /// regime coordinate `s(p)` as one more input channel, trained on the anchor data, started
+    /// from the anchor's weights (the new channel's lifting column at zero).
+    Conditioned,
 }
 
 impl Role {
     /// All roles.
-    pub const ALL: [Role; 4] = [Role::Anchor, Role::Low, Role::High, Role::Oracle];
+    pub const ALL: [Role; 5] = [
+        Role::Anchor,
+        Role::Low,
+        Role::High,
+        Role::Oracle,
+        Role::Conditioned,
+    ];
 
     /// Name on disk and on the command line.
     pub fn name(self) -> &'static str {
@@ -60,6 +70,7 @@ impl Role {
             Role::Low => "low",
             Role::High => "high",
             Role::Oracle => "oracle",
+            Role::Conditioned => "conditioned",
         }
     }
 
@@ -81,7 +92,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.name() == s)
-            .ok_or_else(|| format!("unknown role '{s}': expected anchor, low, high or oracle"))
+            .ok_or_else(|| {
+                format!("unknown role '{s}': expected anchor, low, high, oracle or conditioned")
+            })
     }
 }
 

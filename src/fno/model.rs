@@ -20,7 +20,8 @@
 //! use burn::tensor::{Device, Tensor};
 //! use ccm_twin::fno::{FnoConfig, Normalization, model::{Fno, init_weights}};
 //!
-//! let cfg = FnoConfig { channels: 1, t_in: 1, n: 8, width: 4, modes: 2, layers: 1, hidden: 4 };
+//! let cfg = FnoConfig { channels: 1, t_in: 1, n: 8, width: 4, modes: 2, layers: 1, hidden: 4,
+//!     conditioning: 0 };
 //! let norm = Normalization { mean: vec![0.0], std: vec![1.0] };
 //! let device = Device::flex();
 //! let model = Fno::from_weights(&cfg, &norm, &init_weights(&cfg, 7), &device).unwrap();
@@ -331,8 +332,18 @@ impl Fno {
     }
 
     /// One step: `[B, T_in·C, n, n]` (physical units, most recent frame last) → the next frame
-    /// `[B, C, n, n]`.
+    /// `[B, C, n, n]`. For a model without conditioning channels.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_conditioned(x, None)
+    }
+
+    /// One step of a parameter-conditioned model: `cond` holds each sample's regime
+    /// coordinates, `[B, conditioning]`, appended to the input as constant planes. `None` for
+    /// a model without conditioning channels.
+    ///
+    /// # Panics
+    /// If `cond` does not match the model's conditioning channels.
+    pub fn forward_conditioned(&self, x: Tensor<4>, cond: Option<Tensor<2>>) -> Tensor<4> {
         let k = &self.constants;
         let cfg = &self.config;
         let [b, _, n, _] = x.dims();
@@ -340,7 +351,19 @@ impl Fno {
         let last = x.clone().narrow(1, (cfg.t_in - 1) * c, c);
         let z = (x - k.mean_in.clone()) * k.inv_std_in.clone();
         let grid = k.grid.clone().expand([b, 2, n, n]);
-        let z = Tensor::cat(vec![z, grid], 1);
+        let mut parts = vec![z, grid];
+        match cond {
+            Some(cond) => {
+                assert_eq!(cond.dims(), [b, cfg.conditioning], "conditioning input");
+                let planes = cond.reshape([b, cfg.conditioning, 1, 1]);
+                parts.push(planes.expand([b, cfg.conditioning, n, n]));
+            }
+            None => assert_eq!(
+                cfg.conditioning, 0,
+                "the model needs its conditioning input"
+            ),
+        }
+        let z = Tensor::cat(parts, 1);
         let mut v = self.lift.forward(z);
         for (l, layer) in self.layers.iter().enumerate() {
             let s = layer.spectral.forward(v.clone(), k) + layer.bypass.forward(v);
@@ -419,16 +442,29 @@ pub fn init_weights(cfg: &FnoConfig, seed: u64) -> WeightSet {
 /// (`[B, T_in·C, n, n]` row-major), and `steps` frames are predicted for each; the result is
 /// `[B, steps, C, n, n]` row-major. Runs without gradients.
 pub fn rollout(model: &Fno, init: &[f32], batch: usize, steps: usize) -> Vec<f32> {
+    rollout_conditioned(model, init, None, batch, steps)
+}
+
+/// [`rollout`] for a parameter-conditioned model: `cond` holds each sample's regime
+/// coordinates (`[B, conditioning]` row-major), held fixed over the rollout.
+pub fn rollout_conditioned(
+    model: &Fno,
+    init: &[f32],
+    cond: Option<&[f32]>,
+    batch: usize,
+    steps: usize,
+) -> Vec<f32> {
     let cfg = *model.config();
     let (c, n) = (cfg.channels, cfg.n);
     let frame = c * n * n;
     assert_eq!(init.len(), batch * cfg.t_in * frame, "rollout input size");
     let model = model.valid();
     let device = model.constants.grid.device();
+    let cond = cond.map(|v| tensor(v.to_vec(), [batch, cfg.conditioning], &device));
     let mut x = tensor(init.to_vec(), [batch, cfg.t_in * c, n, n], &device);
     let mut out = vec![0.0f32; batch * steps * frame];
     for s in 0..steps {
-        let y = model.forward(x.clone());
+        let y = model.forward_conditioned(x.clone(), cond.clone());
         let values = y
             .clone()
             .into_data()

@@ -172,6 +172,13 @@ pub fn export(
     weights: &WeightSet,
 ) -> Result<pb::ModelProto, ExportError> {
     cfg.validate()?;
+    if cfg.conditioning != 0 {
+        return Err(ExportError::Normalization(
+            "a parameter-conditioned model is an evaluation baseline: it takes the regime as an \
+             input, so it cannot be merged along a CCM line and is not exported"
+                .into(),
+        ));
+    }
     let (c, n, m) = (cfg.channels, cfg.n, cfg.modes);
     if norm.mean.len() != c || norm.std.len() != c {
         return Err(ExportError::Normalization(format!(

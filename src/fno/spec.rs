@@ -11,7 +11,8 @@
 //!
 //! 1. normalise: `z_c = (x_c − mean[c mod C]) / std[c mod C]`;
 //! 2. append the grid: two channels with the cell-centre coordinates `(j + ½)/n` along `x`
-//!    (`w`, fastest axis) and along `y` (`h`): `C_in = T_in·C + 2` channels;
+//!    (`w`, fastest axis) and along `y` (`h`): `C_in = T_in·C + 2` channels (a
+//!    parameter-conditioned model appends one more, constant, plane: the regime coordinate);
 //! 3. lift: `v = lift.weight · z + lift.bias` per cell (`width × C_in`);
 //! 4. for each layer `l`: `v ← K_l(v) + W_l v + b_l`, then GELU (tanh form) except after the last
 //!    layer, where `K_l` is the truncated spectral convolution below;
@@ -44,6 +45,15 @@ pub struct FnoConfig {
     pub layers: usize,
     /// Hidden width of the projection.
     pub hidden: usize,
+    /// Extra input channels holding the regime coordinate `s(p)` as a constant plane: 0 for
+    /// every CCM expert (the merge needs experts blind to `p`), 1 for the parameter-conditioned
+    /// baseline the evaluation compares CCM with. Left out of the JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conditioning: usize,
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
 }
 
 /// Why an FNO configuration is unusable.
@@ -52,9 +62,10 @@ pub struct FnoConfig {
 pub struct FnoConfigError(pub String);
 
 impl FnoConfig {
-    /// Channels entering the lifting layer: `T_in·C` state channels and 2 grid channels.
+    /// Channels entering the lifting layer: `T_in·C` state channels, 2 grid channels and the
+    /// conditioning channels.
     pub fn in_channels(&self) -> usize {
-        self.t_in * self.channels + 2
+        self.t_in * self.channels + 2 + self.conditioning
     }
 
     /// Rows of the truncated spectrum (`2m`).

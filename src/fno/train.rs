@@ -214,6 +214,9 @@ pub fn compute_normalization(traj: ArrayView5<f32>) -> Normalization {
 #[derive(Debug, Clone)]
 pub struct Samples {
     data: Vec<f32>,
+    /// Per trajectory, the conditioning values of a parameter-conditioned model (empty: none).
+    cond: Vec<f32>,
+    cond_len: usize,
     trajectories: usize,
     frames: usize,
     frame_len: usize,
@@ -239,11 +242,26 @@ impl Samples {
         }
         Ok(Samples {
             data: traj.iter().copied().collect(),
+            cond: Vec::new(),
+            cond_len: 0,
             trajectories: count,
             frames,
             frame_len: c * n * n,
             t_in,
         })
+    }
+
+    /// Attaches `per_trajectory` conditioning values to each trajectory (for a
+    /// parameter-conditioned model: its regime coordinate).
+    pub fn with_conditions(mut self, values: Vec<f32>, per_trajectory: usize) -> Self {
+        assert_eq!(
+            values.len(),
+            self.trajectories * per_trajectory,
+            "conditions"
+        );
+        self.cond = values;
+        self.cond_len = per_trajectory;
+        self
     }
 
     /// Number of one-step pairs (`steps = 1`) or `steps`-step windows.
@@ -262,13 +280,16 @@ impl Samples {
         (index / per, index % per)
     }
 
-    /// Gathers a batch: the `T_in` input frames and the `steps` following target frames.
-    fn batch(&self, indices: &[usize], steps: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    /// Gathers a batch: the `T_in` input frames, the `steps` following target frames, and the
+    /// conditioning values (`[B, cond_len]`, empty without).
+    fn batch(&self, indices: &[usize], steps: usize) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f32>) {
         let f = self.frame_len;
         let mut input = Vec::with_capacity(indices.len() * self.t_in * f);
         let mut targets = vec![Vec::with_capacity(indices.len() * f); steps];
+        let mut cond = Vec::with_capacity(indices.len() * self.cond_len);
         for &i in indices {
             let (tr, t) = self.window(i, steps);
+            cond.extend_from_slice(&self.cond[tr * self.cond_len..(tr + 1) * self.cond_len]);
             let base = (tr * self.frames + t) * f;
             input.extend_from_slice(&self.data[base..base + self.t_in * f]);
             for (s, target) in targets.iter_mut().enumerate() {
@@ -276,7 +297,7 @@ impl Samples {
                 target.extend_from_slice(&self.data[at..at + f]);
             }
         }
-        (input, targets)
+        (input, targets, cond)
     }
 }
 
@@ -411,7 +432,16 @@ impl Trainer {
         let cfg = *self.model.config();
         let (c, n, b) = (cfg.channels, cfg.n, indices.len());
         let steps = if unroll { 2 } else { 1 };
-        let (input, targets) = samples.batch(indices, steps);
+        let (input, targets, cond) = samples.batch(indices, steps);
+        if cond.len() != b * cfg.conditioning {
+            panic!(
+                "the model takes {} conditioning value(s) per sample, the samples carry {}",
+                cfg.conditioning, samples.cond_len
+            );
+        }
+        let cond = (cfg.conditioning > 0).then(|| {
+            Tensor::<2>::from_data(TensorData::new(cond, [b, cfg.conditioning]), &self.device)
+        });
         let x = tensor4(input, [b, cfg.t_in * c, n, n], &self.device);
         let mut state = x;
         let mut loss: Option<Tensor<1>> = None;
@@ -421,7 +451,7 @@ impl Trainer {
                 &self.device,
             );
             let y = tensor4(target, [b, c, n, n], &self.device);
-            let pred = self.model.forward(state.clone());
+            let pred = self.model.forward_conditioned(state.clone(), cond.clone());
             let l = relative_l2(pred.clone(), y, inv);
             loss = Some(match loss {
                 None => l,
@@ -647,6 +677,7 @@ fn expected_split(role: Role) -> Split {
         Role::Low => Split::Low,
         Role::High => Split::High,
         Role::Oracle => Split::Oracle,
+        Role::Conditioned => Split::Anchor,
     }
 }
 
@@ -735,6 +766,7 @@ pub fn train(req: &TrainRequest, progress: &mut dyn FnMut(Progress)) -> Result<E
                 modes: a.modes,
                 layers: a.layers,
                 hidden: a.hidden,
+                conditioning: 0,
             };
             cfg.validate().map_err(ModelError::from)?;
             let norm = compute_normalization(traj.view());
@@ -782,16 +814,23 @@ pub fn train(req: &TrainRequest, progress: &mut dyn FnMut(Progress)) -> Result<E
                 dir: dir.display().to_string(),
                 weights_sha256: am.weights_sha256.clone(),
             };
-            (
-                cfg,
-                am.normalization.clone(),
-                anchor.weights.clone(),
-                Some(from),
-            )
+            let (cfg, start) = if req.role == Role::Conditioned {
+                conditioned_start(&cfg, &anchor.weights)?
+            } else {
+                (cfg, anchor.weights.clone())
+            };
+            (cfg, am.normalization.clone(), start, Some(from))
         }
     };
 
-    let samples = Samples::new(traj.view(), t_in)?;
+    let mut samples = Samples::new(traj.view(), t_in)?;
+    if cfg.conditioning > 0 {
+        let coords = keep
+            .iter()
+            .map(|&i| m.config.coordinate(req.data.params[i]) as f32)
+            .collect();
+        samples = samples.with_conditions(coords, 1);
+    }
     let (mut trainer, seconds_before) = if req.resume {
         let (t, s) = Trainer::resume(req.out, req.options.clone())?;
         if *t.model().config() != cfg || *t.model().normalization() != norm {
@@ -858,6 +897,44 @@ pub fn train(req: &TrainRequest, progress: &mut dyn FnMut(Progress)) -> Result<E
     };
     out.save(req.out)?;
     Ok(out)
+}
+
+/// The starting point of the parameter-conditioned baseline: the anchor's architecture with one
+/// conditioning channel, and the anchor's weights with a zero lifting column for it (so it starts
+/// as the anchor and learns what the coordinate adds).
+fn conditioned_start(
+    anchor: &FnoConfig,
+    weights: &WeightSet,
+) -> Result<(FnoConfig, WeightSet), TrainError> {
+    if anchor.conditioning != 0 {
+        return Err(TrainError::Request(
+            "--from must be a plain anchor, not a conditioned model".into(),
+        ));
+    }
+    let cfg = FnoConfig {
+        conditioning: 1,
+        ..*anchor
+    };
+    let (old_in, new_in) = (anchor.in_channels(), cfg.in_channels());
+    let tensors = cfg.param_shapes().into_iter().map(|(name, shape)| {
+        let old = weights
+            .get(&name)
+            .expect("the anchor holds every canonical tensor");
+        let values = if name == "lift.weight" {
+            old.chunks(old_in)
+                .flat_map(|row| {
+                    row.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0.0, new_in - old_in))
+                })
+                .collect()
+        } else {
+            old.to_vec()
+        };
+        (name, shape, values)
+    });
+    let start = WeightSet::from_tensors(tensors).map_err(ModelError::from)?;
+    Ok((cfg, start))
 }
 
 /// Options of [`score`].

@@ -31,10 +31,12 @@
 //! # }
 //! ```
 
+pub mod native;
 pub mod onnx_model;
 pub mod ort;
 pub mod tract;
 
+pub use native::NativeBackend;
 pub use onnx_model::{OnnxError, OnnxExpert};
 pub use ort::{OrtBackend, OrtOptions};
 pub use tract::TractBackend;
@@ -99,6 +101,50 @@ pub enum InferError {
         /// The cargo feature that builds it.
         feature: &'static str,
     },
+}
+
+/// Which runtime runs the experts (`runtime = "native"` in a station's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// [`NativeBackend`]: our FNO forward on packed GEMMs; the fastest on a small CPU, for
+    /// experts `ccm-twin export` wrote.
+    #[default]
+    Native,
+    /// [`TractBackend`] with swappable weights: pure Rust, any ONNX graph tract runs.
+    Tract,
+    /// [`OrtBackend`]: ONNX Runtime's shared library, loaded at run time (feature `ort`).
+    Ort,
+}
+
+impl Runtime {
+    /// Every runtime.
+    pub const ALL: [Runtime; 3] = [Runtime::Native, Runtime::Tract, Runtime::Ort];
+
+    /// Its name in configurations and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Native => "native",
+            Runtime::Tract => "tract",
+            Runtime::Ort => "ort",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Runtime::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown runtime '{s}': expected native, tract or ort"))
+    }
 }
 
 /// A runtime that runs one FNO expert (or merge) forward.

@@ -269,6 +269,43 @@ impl OnnxExpert {
         Ok(proto)
     }
 
+    /// This model with the float initializers `names` turned into graph inputs (appended after
+    /// the existing inputs, in the order given), so a runtime can optimise the graph once and be
+    /// handed new values for them on every run. The other initializers stay constants.
+    pub fn with_weights_as_inputs(&self, names: &[String]) -> Result<pb::ModelProto, OnnxError> {
+        let mut proto = self.proto.clone();
+        let graph = proto.graph.as_mut().expect("checked at load");
+        for name in names {
+            let info = self.weights.info(name)?;
+            let at = graph
+                .initializer
+                .iter()
+                .position(|t| &t.name == name)
+                .expect("every float initializer is in the weight set");
+            graph.initializer.remove(at);
+            let dim = info
+                .shape
+                .iter()
+                .map(|&d| pb::tensor_shape_proto::Dimension {
+                    value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+                    ..Default::default()
+                })
+                .collect();
+            graph.input.push(pb::ValueInfoProto {
+                name: name.clone(),
+                r#type: Some(pb::TypeProto {
+                    value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                        elem_type: DataType::Float as i32,
+                        shape: Some(pb::TensorShapeProto { dim }),
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(proto)
+    }
+
     /// Writes a model to a file (atomically: a temporary file renamed into place).
     pub fn save(proto: &pb::ModelProto, path: &Path) -> Result<(), OnnxError> {
         let tmp = path.with_extension("onnx.tmp");

@@ -1,8 +1,16 @@
 //! The tract backend: pure Rust, the default runtime.
 //!
-//! Deploying a weight set rebuilds the typed model from the template expert's protobuf with the
-//! new initializers and re-optimises it (tract packs weights into its matmul kernels during
-//! optimisation, so they cannot be patched afterwards). A step then runs the optimised plan.
+//! Two ways to deploy a weight set:
+//!
+//! * **rebuild** ([`TractBackend::new`]): the typed model is rebuilt from the template expert's
+//!   protobuf with the new initializers and re-optimised (tract packs constant weights into its
+//!   matmul kernels during optimisation, so they cannot be patched afterwards). The fastest
+//!   steps, but every deployment pays the optimisation (~60 ms for a shipped expert).
+//! * **swap** ([`TractBackend::swappable`]): the tensors a merge changes are graph *inputs*; the
+//!   graph is optimised once, and deploying copies the new values into the input tensors
+//!   (about a millisecond). Steps cost a little more, since those weights are not pre-packed.
+//!   What the CCM readout wants: it deploys a merge per candidate α.
+//!
 //! [`Backend`] is the interface; `roll` is the trait's sliding-window default.
 
 use std::sync::Arc;
@@ -18,6 +26,15 @@ pub struct TractBackend {
     template: OnnxExpert,
     shape: StepShape,
     plan: Option<Arc<TypedRunnableModel>>,
+    swap: Option<Swap>,
+}
+
+/// The swapped tensors of a [`TractBackend::swappable`] backend.
+struct Swap {
+    /// Their names, in graph-input order (after the state).
+    names: Vec<String>,
+    /// Their deployed values (empty before the first deployment).
+    values: Vec<TValue>,
 }
 
 impl TractBackend {
@@ -28,6 +45,48 @@ impl TractBackend {
             template,
             shape,
             plan: None,
+            swap: None,
+        })
+    }
+
+    /// A backend that optimises `template`'s graph once, with the float initializers `swapped`
+    /// as inputs, and deploys a weight set by handing it their values: the tensors a merge
+    /// changes (see [`crate::ccm::Experts::varying`]). Deploying a weight set that differs from
+    /// the template in any *other* tensor is refused, since those are baked into the plan.
+    pub fn swappable(template: OnnxExpert, swapped: &[String]) -> Result<Self, InferError> {
+        let shape = StepShape::of(&template)?;
+        let proto = template.with_weights_as_inputs(swapped)?;
+        let s = shape;
+        let fail = |e: TractError| {
+            InferError::Runtime(format!(
+                "tract cannot prepare {} with swappable weights: {e:#}",
+                template.path.display()
+            ))
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .and_then(|m| {
+                m.with_input_fact(0, f32::fact([1, s.t_in * s.channels, s.n, s.n]).into())
+            })
+            .map_err(fail)?;
+        for (i, name) in swapped.iter().enumerate() {
+            let dims = template.weights.info(name)?.shape.clone();
+            model = model
+                .with_input_fact(i + 1, f32::fact(dims).into())
+                .map_err(fail)?;
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(fail)?;
+        Ok(TractBackend {
+            template,
+            shape,
+            plan: Some(plan),
+            swap: Some(Swap {
+                names: swapped.to_vec(),
+                values: Vec::new(),
+            }),
         })
     }
 
@@ -50,8 +109,41 @@ impl Backend for TractBackend {
     }
 
     /// Rebuilds and re-optimises the typed model with `weights` as initializers (~60 ms for a
-    /// shipped 64×64 expert on a loaded 2-core box; see `TECH-NOTES` for cheaper swaps).
+    /// shipped 64×64 expert on a loaded 2-core box), or, for a swappable backend, hands the
+    /// swapped tensors their new values (~1 ms).
     fn deploy(&mut self, weights: &WeightSet) -> Result<(), InferError> {
+        if let Some(swap) = &mut self.swap {
+            let t = &self.template.weights;
+            t.same_layout(weights)
+                .map_err(|m| InferError::Runtime(format!("tract deploy: {m}")))?;
+            // a merge reproduces the constant tensors up to rounding (a·u + b·v with u = v)
+            let close = |x: f32, y: f32| (x - y).abs() <= 1e-6 * x.abs().max(y.abs());
+            for info in t.tensors() {
+                if !swap.names.contains(&info.name)
+                    && !t
+                        .get(&info.name)?
+                        .iter()
+                        .zip(weights.get(&info.name)?)
+                        .all(|(x, y)| close(*x, *y))
+                {
+                    return Err(InferError::Runtime(format!(
+                        "tensor {} differs from {}'s, but it is a constant of the optimised \
+                         plan (only the tensors the experts' merge changes are swappable)",
+                        info.name,
+                        self.template.path.display()
+                    )));
+                }
+            }
+            let mut values = Vec::with_capacity(swap.names.len());
+            for name in &swap.names {
+                let dims = &weights.info(name)?.shape;
+                let tensor = Tensor::from_shape::<f32>(dims, weights.get(name)?)
+                    .map_err(|e| InferError::Runtime(format!("tract weight {name}: {e:#}")))?;
+                values.push(tensor.into_tvalue());
+            }
+            swap.values = values;
+            return Ok(());
+        }
         let proto = self.template.with_weights(weights)?;
         let s = self.shape;
         let plan = tract_onnx::onnx()
@@ -78,8 +170,15 @@ impl Backend for TractBackend {
         let plan = self.plan.as_ref().ok_or(InferError::NotDeployed)?;
         let x = Tensor::from_shape::<f32>(&[1, s.t_in * s.channels, s.n, s.n], state)
             .map_err(|e| InferError::Runtime(format!("tract input: {e:#}")))?;
+        let mut inputs: TVec<TValue> = tvec!(x.into());
+        if let Some(swap) = &self.swap {
+            if swap.values.is_empty() {
+                return Err(InferError::NotDeployed);
+            }
+            inputs.extend(swap.values.iter().cloned());
+        }
         let result = plan
-            .run(tvec!(x.into()))
+            .run(inputs)
             .map_err(|e| InferError::Runtime(format!("tract step failed: {e:#}")))?;
         let view = result[0]
             .to_plain_array_view::<f32>()

@@ -37,6 +37,8 @@ pub struct DemoOptions {
     pub frame_interval: Duration,
     /// A broker to use instead of the embedded one.
     pub broker: Option<BrokerAddress>,
+    /// The runtime that runs the experts.
+    pub runtime: crate::infer::Runtime,
 }
 
 impl DemoOptions {
@@ -50,6 +52,7 @@ impl DemoOptions {
             seed: 7,
             frame_interval: Duration::from_millis(200),
             broker: None,
+            runtime: crate::infer::Runtime::default(),
         }
     }
 }
@@ -243,6 +246,9 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             models: opts.models.clone(),
             p: None,
             reorder_window: 4,
+            runtime: opts.runtime,
+            ort_library: None,
+            readout_threads: None,
         },
         alerts,
     };

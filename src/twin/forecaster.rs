@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use crate::ccm::prefix::{Observation, PrefixConfig, PrefixError, read_prefix};
+use crate::ccm::prefix::{Helper, Observation, PrefixConfig, PrefixError, read_prefix_parallel};
 use crate::ccm::{Interval, Line, WeightSet};
 use crate::infer::{Backend, InferError, StepShape};
 use crate::models::FamilyModels;
@@ -230,9 +230,24 @@ pub struct Forecaster<B: Backend> {
     prefix_frames: Vec<f32>,
     frame_dt_us: u64,
     counters: ForecasterCounters,
+    /// More runtimes that share the readout's coarse scan, each in a thread.
+    helpers: Vec<Helper<B>>,
 }
 
-impl<B: Backend> Forecaster<B> {
+impl<B: Backend + Send> Forecaster<B> {
+    /// Adds runtimes (of the same experts) that take a share of each prefix readout's coarse
+    /// scan in threads of their own: on a 2-core box one helper halves that scan.
+    pub fn with_helpers(mut self, backends: Vec<B>) -> Self {
+        self.helpers = backends
+            .into_iter()
+            .map(|model| Helper {
+                model,
+                buffer: self.line.buffer(),
+            })
+            .collect();
+        self
+    }
+
     /// A forecaster for `models` running on `backend` (whose template must be one of them).
     pub fn new(
         models: &FamilyModels,
@@ -280,6 +295,7 @@ impl<B: Backend> Forecaster<B> {
             deployment: None,
             frame_dt_us,
             counters: ForecasterCounters::default(),
+            helpers: Vec::new(),
         })
     }
 
@@ -465,10 +481,11 @@ impl<B: Backend> Forecaster<B> {
                     t_in: self.shape.t_in,
                     mask: None,
                 };
-                let r = read_prefix(
+                let r = read_prefix_parallel(
                     &self.line,
                     &mut self.buffer,
                     &mut self.backend,
+                    &mut self.helpers,
                     obs,
                     None,
                     &self.opts.prefix_config,

@@ -24,7 +24,6 @@ use serde::Deserialize;
 use super::forecaster::{Forecaster, ForecasterOptions, Progress, ReadoutMode};
 use super::mqtt::{BrokerAddress, LastWill, LinkOptions, MqttError, MqttLink};
 use crate::config::Family;
-use crate::infer::TractBackend;
 use crate::models::FamilyModels;
 
 /// A station's runtime configuration (`configs/station.toml`).
@@ -69,6 +68,18 @@ pub struct StationSection {
     /// Frames may arrive this many sequence numbers early before missing ones are given up.
     #[serde(default = "default_reorder")]
     pub reorder_window: u32,
+    /// The runtime that runs the experts: `native` (default, the fastest here), `tract`, or
+    /// `ort` (ONNX Runtime's shared library, see `ort_library`).
+    #[serde(default)]
+    pub runtime: crate::infer::Runtime,
+    /// For `runtime = "ort"`: the path of `libonnxruntime.so.*` (default: `ORT_DYLIB_PATH`),
+    /// relative to the config file.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// Threads (each with its own runtime) that share a prefix readout's scan; default: the
+    /// machine's cores, at most 4.
+    #[serde(default)]
+    pub readout_threads: Option<usize>,
 }
 
 fn default_reorder() -> u32 {
@@ -124,7 +135,8 @@ pub enum ServeError {
 }
 
 impl StationConfig {
-    /// Reads and checks a station config; the models path is made relative to the file.
+    /// Reads and checks a station config; the models and library paths are made relative to
+    /// the file.
     pub fn load(path: &Path) -> Result<Self, ServeError> {
         let bad = |reason: String| ServeError::Config {
             path: path.to_path_buf(),
@@ -132,9 +144,14 @@ impl StationConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let mut cfg: StationConfig = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if cfg.station.models.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             cfg.station.models = base.join(&cfg.station.models);
+        }
+        if let Some(lib) = cfg.station.ort_library.as_mut()
+            && lib.is_relative()
+        {
+            *lib = base.join(&*lib);
         }
         cfg.check().map_err(bad)?;
         Ok(cfg)
@@ -256,20 +273,39 @@ pub async fn serve(
     let model_sha = crate::fno::expert::sha256_hex(
         &std::fs::read(cfg.station.models.join("manifest.json")).unwrap_or_default(),
     );
-    let backend = TractBackend::new(models.anchor.clone()).map_err(|e| ServeError::Models {
-        path: cfg.station.models.clone(),
-        reason: e.to_string(),
-    })?;
+    let ort = crate::infer::OrtOptions {
+        library: cfg.station.ort_library.clone(),
+        ..Default::default()
+    };
+    let backend = models
+        .backend(cfg.station.runtime, &ort)
+        .map_err(|e| ServeError::Models {
+            path: cfg.station.models.clone(),
+            reason: format!("the {} runtime cannot run it: {e}", cfg.station.runtime),
+        })?;
     let mode = match cfg.station.p {
         Some(p) => ReadoutMode::Known { p },
         None => ReadoutMode::Prefix,
     };
     let mut opts = ForecasterOptions::for_bundle(&models, mode);
     opts.reorder_window = cfg.station.reorder_window;
-    let forecaster = Forecaster::new(&models, backend, opts).map_err(|e| ServeError::Models {
-        path: cfg.station.models.clone(),
-        reason: e.to_string(),
-    })?;
+    let threads = cfg
+        .station
+        .readout_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+    let helpers = (1..threads.max(1))
+        .map(|_| models.backend(cfg.station.runtime, &ort))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Models {
+            path: cfg.station.models.clone(),
+            reason: format!("the {} runtime cannot run it: {e}", cfg.station.runtime),
+        })?;
+    let forecaster = Forecaster::new(&models, backend, opts)
+        .map_err(|e| ServeError::Models {
+            path: cfg.station.models.clone(),
+            reason: e.to_string(),
+        })?
+        .with_helpers(helpers);
 
     let topic = |t: Topic| t.for_station(&station).expect("station id checked");
     let offline = serde_json::to_vec(&StatusMessage::offline(&station, super::unix_time_us()))

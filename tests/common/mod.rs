@@ -78,6 +78,7 @@ pub fn tiny_fno(channels: usize, t_in: usize) -> FnoConfig {
         modes: 3,
         layers: 2,
         hidden: 8,
+        conditioning: 0,
     }
 }
 

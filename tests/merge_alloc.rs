@@ -1,8 +1,9 @@
-//! The in-place merge allocates nothing per `α`: a counting global allocator watches
-//! `Line::merge_into` on a shipped family (~0.9 M parameters) across the readout interval.
+//! What allocates on the hot path, watched by a counting global allocator on a shipped family
+//! (~0.9 M parameters): the in-place merge allocates nothing per `α`; deploying a merge into the
+//! native runtime allocates nothing; a native step allocates only its GEMM kernels' packing
+//! space, the same every step (memory stays flat over a rollout).
 //!
-//! This test binary holds one test only, so nothing else runs while the counter is armed; the
-//! counter also counts only on the thread that armed it.
+//! The counters are per thread: each test counts only what its own thread allocates.
 
 // A global allocator is an `unsafe impl`; this one forwards to the system allocator unchanged.
 #![allow(unsafe_code)]
@@ -10,24 +11,22 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ccm_twin::ccm::Line;
 use ccm_twin::models::FamilyModels;
 
 struct Counting;
 
-static CALLS: AtomicUsize = AtomicUsize::new(0);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    static CALLS: Cell<usize> = const { Cell::new(0) };
+    static BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
     if ARMED.with(|a| a.get()) {
-        CALLS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(size, Ordering::Relaxed);
+        CALLS.with(|c| c.set(c.get() + 1));
+        BYTES.with(|b| b.set(b.get() + size));
     }
 }
 
@@ -55,16 +54,12 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `f` with the counter armed; returns (allocations, bytes) it made on this thread.
 fn counted<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
-    CALLS.store(0, Ordering::Relaxed);
-    BYTES.store(0, Ordering::Relaxed);
+    CALLS.with(|c| c.set(0));
+    BYTES.with(|b| b.set(0));
     ARMED.with(|a| a.set(true));
     let r = f();
     ARMED.with(|a| a.set(false));
-    (
-        r,
-        CALLS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    )
+    (r, CALLS.with(Cell::get), BYTES.with(Cell::get))
 }
 
 #[test]
@@ -102,4 +97,47 @@ fn in_place_merge_allocates_nothing_per_alpha() {
         let want = -0.5 * l[i] + 1.5 * h[i];
         assert!((buffer.data()[i] - want).abs() <= 1e-6 * want.abs().max(1.0));
     }
+}
+
+/// Deploying a merge into the native runtime allocates nothing, and a step's allocations are
+/// the GEMM kernels' packing space (`matrixmultiply` takes its own per product, freed before the
+/// product returns), the same amount every step; a roll adds only its window, once.
+#[test]
+fn the_native_runtime_deploys_without_allocating_and_steps_in_flat_memory() {
+    use ccm_twin::infer::{Backend, NativeBackend};
+    let bundle = FamilyModels::load(Path::new("models/dam_break")).unwrap();
+    let mut native = NativeBackend::new(&bundle.anchor).unwrap();
+    native.deploy(&bundle.anchor.weights).unwrap();
+    let fl = native.shape().frame_len();
+    let line =
+        Line::through_endpoints(bundle.low.weights.clone(), bundle.high.weights.clone()).unwrap();
+    let mut merged = line.buffer();
+    let ((), calls, bytes) = counted(|| {
+        for a in [-1.5f32, 0.5, 2.5] {
+            line.merge_into(a, &mut merged).unwrap();
+            native.deploy(&merged).unwrap();
+        }
+    });
+    assert_eq!((calls, bytes), (0, 0), "3 merges + deploys allocated");
+
+    let state: Vec<f32> = (0..fl).map(|i| 0.1 + 0.001 * (i % 97) as f32).collect();
+    let mut out = vec![0.0; fl];
+    native.step(&state, &mut out).unwrap(); // warm
+    let per_step: Vec<(usize, usize)> = (0..4)
+        .map(|_| {
+            let (_, calls, bytes) = counted(|| native.step(&state, &mut out).unwrap());
+            (calls, bytes)
+        })
+        .collect();
+    eprintln!("native step: {per_step:?} (allocations, bytes) per step");
+    assert!(
+        per_step.windows(2).all(|w| w[0] == w[1]),
+        "a step's allocations change from step to step: {per_step:?}"
+    );
+    let mut rolled = vec![0.0; 20 * fl];
+    let (_, two, two_bytes) = counted(|| native.roll(&state, 2, &mut rolled).unwrap());
+    let (_, twenty, twenty_bytes) = counted(|| native.roll(&state, 20, &mut rolled).unwrap());
+    let (calls, bytes) = per_step[0];
+    assert_eq!(twenty - two, 18 * calls, "a roll allocates more than its steps");
+    assert_eq!(twenty_bytes - two_bytes, 18 * bytes);
 }

@@ -138,6 +138,10 @@ fn the_native_runtime_deploys_without_allocating_and_steps_in_flat_memory() {
     let (_, two, two_bytes) = counted(|| native.roll(&state, 2, &mut rolled).unwrap());
     let (_, twenty, twenty_bytes) = counted(|| native.roll(&state, 20, &mut rolled).unwrap());
     let (calls, bytes) = per_step[0];
-    assert_eq!(twenty - two, 18 * calls, "a roll allocates more than its steps");
+    assert_eq!(
+        twenty - two,
+        18 * calls,
+        "a roll allocates more than its steps"
+    );
     assert_eq!(twenty_bytes - two_bytes, 18 * bytes);
 }

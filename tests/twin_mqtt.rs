@@ -246,3 +246,55 @@ async fn messages_in_flight_when_the_broker_restarts_are_resent_not_lost() {
         }
     }
 }
+
+/// A broker that admits one user: the link with its credentials delivers; a wrong password and
+/// no credentials are refused, keep being retried, and the link says why in words that point
+/// at the credentials; the password never shows in the options' debug output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_open_a_password_protected_broker_and_refusals_are_explained() {
+    use ccm_twin::twin::mqtt::Credentials;
+    let broker = Mosquitto::start_with_password("station-7", "t0p-s3cret");
+    let with = |client: &str, credentials: Option<(&str, &str)>| {
+        let mut opts = LinkOptions::new(broker.addr().into(), client);
+        opts.retry_min = Duration::from_millis(50);
+        opts.retry_max = Duration::from_millis(200);
+        opts.credentials = credentials.map(|(u, p)| Credentials {
+            username: u.into(),
+            password: p.into(),
+        });
+        opts
+    };
+    let opts = with("cred-ok", Some(("station-7", "t0p-s3cret")));
+    let shown = format!("{opts:?}");
+    assert!(
+        shown.contains("station-7") && !shown.contains("t0p-s3cret"),
+        "{shown}"
+    );
+    let good = MqttLink::start(opts).unwrap();
+    good.publish_to(Topic::Status, "st-7", b"{}".to_vec())
+        .unwrap();
+    good.flush(WAIT).await.unwrap();
+    let stats = good.stats();
+    assert_eq!((stats.connections, stats.delivered), (1, 1), "{stats:?}");
+    good.close().await;
+
+    let wrong = MqttLink::start(with("cred-bad", Some(("station-7", "guess")))).unwrap();
+    let anonymous = MqttLink::start(with("cred-none", None)).unwrap();
+    for link in [&wrong, &anonymous] {
+        link.publish_to(Topic::Status, "st-7", b"{}".to_vec())
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (name, link) in [("wrong password", &wrong), ("no credentials", &anonymous)] {
+        let s = link.stats();
+        assert!(
+            !s.connected && s.connections == 0 && s.failed_attempts >= 2,
+            "{name}: {s:?}"
+        );
+        assert_eq!(s.queued, 1, "{name}: the message waits");
+        let why = s.last_error.unwrap_or_default();
+        assert!(why.contains("credentials"), "{name}: {why}");
+    }
+    wrong.close().await;
+    anonymous.close().await;
+}

@@ -157,3 +157,54 @@ fn the_shipped_station_config_loads() {
     assert_eq!(cfg.station.family, Family::DamBreak);
     assert!(cfg.station.models.join("manifest.json").exists());
 }
+
+#[test]
+fn broker_credentials_come_from_a_file_or_the_environment_never_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    let station = r#"
+[station]
+id = "st-9"
+family = "dam_break"
+models = "../models/dam_break"
+"#;
+    let write = |broker: &str| std::fs::write(&path, format!("{broker}{station}")).unwrap();
+
+    // a user name without a password source, and a password without a user, are refused
+    write("[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\n");
+    let err = StationConfig::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("password_file") && err.contains("password_env"),
+        "{err}"
+    );
+    write("[broker]\nhost = \"127.0.0.1\"\nport = 1883\npassword_env = \"X\"\n");
+    let err = StationConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("without broker.username"), "{err}");
+    // an inline password is not a key at all
+    write("[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\npassword = \"x\"\n");
+    let err = StationConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("password"), "{err}");
+
+    // a password file next to the config (its first line)
+    std::fs::write(dir.path().join("mqtt.pass"), "s3cret\nignored\n").unwrap();
+    write(
+        "[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\n\
+         password_file = \"mqtt.pass\"\n",
+    );
+    let cfg = StationConfig::load(&path).unwrap();
+    let c = cfg.broker.credentials().unwrap().unwrap();
+    assert_eq!(
+        (c.username.as_str(), c.password.as_str()),
+        ("st9", "s3cret")
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    // an environment variable that is not set is named in the error
+    write(
+        "[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\n\
+         password_env = \"CCM_TWIN_TEST_UNSET_PASSWORD\"\n",
+    );
+    let cfg = StationConfig::load(&path).unwrap();
+    let err = cfg.broker.credentials().unwrap_err();
+    assert!(err.contains("CCM_TWIN_TEST_UNSET_PASSWORD"), "{err}");
+}

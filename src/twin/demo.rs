@@ -239,6 +239,9 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             host: broker.host.clone(),
             port: broker.port,
             client_id: None,
+            username: None,
+            password_file: None,
+            password_env: None,
         },
         station: StationSection {
             id: station.clone(),

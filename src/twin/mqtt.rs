@@ -249,6 +249,8 @@ pub struct LinkOptions {
     /// `false` asks the broker for a persistent session: it keeps the subscriptions and queues
     /// QoS 1 messages for this client id while it is away (the runtime's frame subscription).
     pub clean_session: bool,
+    /// User name and password sent in every CONNECT (a broker with `allow_anonymous false`).
+    pub credentials: Option<Credentials>,
 }
 
 impl LinkOptions {
@@ -269,7 +271,26 @@ impl LinkOptions {
             incoming_capacity: 1024,
             last_will: None,
             clean_session: true,
+            credentials: None,
         }
+    }
+}
+
+/// MQTT user name and password. `Debug` leaves the password out, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
     }
 }
 
@@ -301,6 +322,9 @@ pub struct LinkStats {
     pub received: u64,
     /// Received messages dropped because the receiving channel was full.
     pub received_dropped: u64,
+    /// Why the last connection attempt failed or the last connection broke, in words a field
+    /// engineer can act on (kept after a later success: it is the last trouble seen).
+    pub last_error: Option<String>,
 }
 
 /// A message received on a subscription.
@@ -534,6 +558,9 @@ impl MqttLink {
             .set_clean_session(opts.clean_session)
             // Packet ids cycle through 1..=inflight: twice the window can never collide.
             .set_inflight(u16::try_from(2 * opts.in_flight + 2).unwrap_or(u16::MAX));
+        if let Some(c) = &opts.credentials {
+            mqtt.set_credentials(c.username.clone(), c.password.clone());
+        }
         if let Some(will) = &opts.last_will {
             mqtt.set_last_will(rumqttc::LastWill::new(
                 will.topic.clone(),
@@ -898,6 +925,7 @@ async fn drive(
                     } else {
                         st.stats.failed_attempts += 1;
                     }
+                    st.stats.last_error = Some(explain(&err, opts.max_packet_size));
                     let given_up = st.requeue(opts.buffer, opts.max_attempts);
                     (st.closing, was_connected, st.queued(), given_up)
                 };
@@ -953,10 +981,22 @@ fn explain(err: &ConnectionError, max_packet: usize) -> String {
             "no answer within 5 s; check the address, the network and any firewall".into()
         }
         ConnectionError::FlushTimeout => "the broker stopped reading from the connection".into(),
-        ConnectionError::ConnectionRefused(code) => format!(
-            "the broker refused the connection ({code:?}); check the client id, the credentials \
-             and the broker's access rules"
-        ),
+        ConnectionError::ConnectionRefused(code) => match code {
+            rumqttc::ConnectReturnCode::BadUserNamePassword => {
+                "the broker refused the user name or password; check the credentials in the \
+                 configuration"
+                    .into()
+            }
+            rumqttc::ConnectReturnCode::NotAuthorized => {
+                "the broker refused the connection: not authorised (no or wrong credentials, or \
+                 this user may not connect); check the credentials and the broker's access rules"
+                    .into()
+            }
+            _ => format!(
+                "the broker refused the connection ({code:?}); check the client id, the \
+                 credentials and the broker's access rules"
+            ),
+        },
         ConnectionError::MqttState(StateError::ConnectionAborted) => {
             "the broker closed the connection".into()
         }

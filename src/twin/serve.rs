@@ -50,6 +50,42 @@ pub struct BrokerConfig {
     /// MQTT client id (default `ccm-twin-<station>`).
     #[serde(default)]
     pub client_id: Option<String>,
+    /// User name, for a broker that refuses anonymous clients; the password comes from
+    /// `password_file` or `password_env`, never from this file.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password (its first line), relative to the config file.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl BrokerConfig {
+    /// The credentials the configuration asks for, with the password read from its file or
+    /// environment variable; `None` when no user name is given.
+    pub fn credentials(&self) -> Result<Option<super::mqtt::Credentials>, String> {
+        let Some(username) = &self.username else {
+            return Ok(None);
+        };
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(file), None) => std::fs::read_to_string(file)
+                .map_err(|e| format!("broker.password_file {}: {e}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                format!("broker.password_env: the environment variable {var} is not set")
+            })?,
+            _ => unreachable!("checked at load: exactly one password source"),
+        };
+        Ok(Some(super::mqtt::Credentials {
+            username: username.clone(),
+            password,
+        }))
+    }
 }
 
 /// The station and its model.
@@ -153,6 +189,11 @@ impl StationConfig {
         {
             *lib = base.join(&*lib);
         }
+        if let Some(file) = cfg.broker.password_file.as_mut()
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
+        }
         cfg.check().map_err(bad)?;
         Ok(cfg)
     }
@@ -162,6 +203,22 @@ impl StationConfig {
         let mut problems = Vec::new();
         if let Err(e) = firmware_bridge::topic::validate_station_id(&self.station.id) {
             problems.push(format!("station.id: {e}"));
+        }
+        let b = &self.broker;
+        match (&b.username, &b.password_file, &b.password_env) {
+            (None, None, None) | (Some(_), Some(_), None) | (Some(_), None, Some(_)) => {}
+            (None, _, _) => {
+                problems.push("broker: a password is given without broker.username".to_string())
+            }
+            (Some(_), None, None) => problems.push(
+                "broker.username needs a password: set broker.password_file (a file holding \
+                 it) or broker.password_env (an environment variable holding it)"
+                    .to_string(),
+            ),
+            (Some(_), Some(_), Some(_)) => problems.push(
+                "broker: give the password one way, password_file or password_env, not both"
+                    .to_string(),
+            ),
         }
         if let Some(p) = self.station.p
             && !(p.is_finite() && p > 0.0)
@@ -317,6 +374,13 @@ pub async fn serve(
             .clone()
             .unwrap_or_else(|| format!("ccm-twin-{station}")),
     );
+    link_opts.credentials = cfg
+        .broker
+        .credentials()
+        .map_err(|reason| ServeError::Config {
+            path: PathBuf::from("[broker]"),
+            reason,
+        })?;
     link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
     // a persistent session: the broker queues the station's frames while the runtime reconnects
     link_opts.clean_session = false;

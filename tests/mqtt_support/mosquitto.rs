@@ -16,6 +16,8 @@ pub struct Mosquitto {
     port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    /// With a user: anonymous clients are refused.
+    user: Option<(String, String)>,
 }
 
 /// The mosquitto binary: on PATH, or in the sbin directories Debian uses.
@@ -46,16 +48,22 @@ fn free_port() -> u16 {
 impl Mosquitto {
     /// A broker without persistence on a free port.
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false, None)
+    }
+
+    /// A broker that admits only `user` with `password` (a password file made with Debian's
+    /// `mosquitto_passwd`; `allow_anonymous false`).
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        Self::launch(false, Some((user.to_string(), password.to_string())))
     }
 
     /// A broker that saves its state (persistent sessions and their queued messages) when
     /// stopped with [`Self::stop`] and reloads it on [`Self::restart`].
     pub fn start_persistent() -> Self {
-        Self::launch(true)
+        Self::launch(true, None)
     }
 
-    fn launch(persistent: bool) -> Self {
+    fn launch(persistent: bool, user: Option<(String, String)>) -> Self {
         let mut last_log = String::new();
         // Another process may grab the free port between our probe and mosquitto's bind.
         for _ in 0..3 {
@@ -64,6 +72,7 @@ impl Mosquitto {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 persistent,
+                user: user.clone(),
             };
             match m.spawn() {
                 Ok(()) => return m,
@@ -76,11 +85,31 @@ impl Mosquitto {
     fn config(&self) -> PathBuf {
         let path = self.dir.path().join("mosquitto.conf");
         let mut conf = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\n\
+            "listener {} 127.0.0.1\nallow_anonymous {}\n\
              # Run as whoever runs the tests (as root it would switch to user `mosquitto`,\n\
              # which cannot read this private temporary directory).\nuser root\n",
-            self.port
+            self.port,
+            self.user.is_none()
         );
+        if let Some((user, password)) = &self.user {
+            let file = self.dir.path().join("passwd");
+            let tool = binary().with_file_name("mosquitto_passwd");
+            let tool = if tool.is_file() {
+                tool
+            } else {
+                PathBuf::from("/usr/bin/mosquitto_passwd")
+            };
+            let status = Command::new(&tool)
+                .args(["-b", "-c"])
+                .arg(&file)
+                .args([user, password])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+            assert!(status.success(), "mosquitto_passwd failed: {status}");
+            conf.push_str(&format!("password_file {}\n", file.display()));
+        }
         if self.persistent {
             conf.push_str(&format!(
                 "persistence true\npersistence_location {}/\n",

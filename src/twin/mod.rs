@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+pub mod analysis;
 pub mod bridge;
 pub mod broker;
 pub mod demo;

@@ -43,6 +43,10 @@ pub struct EvaluateArgs {
     /// evaluation without redoing it).
     #[arg(long)]
     reuse: bool,
+    /// With --reuse: rows to compute again even though the earlier run scored them (CSV keys,
+    /// comma-separated: e.g. `conditioned_fno,conditioned_fno_prefix,oracle`).
+    #[arg(long, value_delimiter = ',', requires = "reuse")]
+    rerun: Vec<String>,
 }
 
 impl EvaluateArgs {
@@ -170,15 +174,30 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
                     candidates[2].display()
                 );
             };
-            let load = |c| {
-                ConditionedFno::load(found, &models.manifest.parameter, &models.manifest.model, c)
-            };
+            // the family's own parameter settings (its service range bounds the coordinate
+            // readout, as the readout interval bounds CCM-Prefix's), not the bundle's copy
+            let load = |c| ConditionedFno::load(found, &cfg.parameter, &models.manifest.model, c);
             opts.conditioned = Some(Box::new(load(Coordinate::Known)?));
             opts.conditioned_prefix = Some(Box::new(load(Coordinate::Prefix { k: opts.k })?));
             eprintln!("{family}: conditioned baseline {}", found.display());
         }
         if args.reuse {
             opts.reuse = report::load_report(&args.out, family)?;
+            if let Some(prior) = opts.reuse.as_mut() {
+                for key in &args.rerun {
+                    let row = prior
+                        .rows
+                        .iter_mut()
+                        .find(|r| r.method.key() == key.trim())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--rerun {key}: no such row (rows: {})",
+                                report::Method::ALL.map(|m| m.key()).join(", ")
+                            )
+                        })?;
+                    row.outcome = report::Outcome::NotRun("to be computed again".into());
+                }
+            }
             if opts.reuse.is_some() {
                 eprintln!(
                     "{family}: keeping the rows scored in {}",
@@ -196,6 +215,11 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         );
         bar.set_prefix(format!("evaluate {family}"));
         let seconds_before = opts.reuse.as_ref().map_or(0.0, |r| r.seconds);
+        let earlier = opts.reuse.as_ref().map_or_else(Vec::new, |r| {
+            let mut v = r.earlier_commands.clone();
+            v.extend((!r.command.is_empty()).then(|| r.command.clone()));
+            v
+        });
         let mut report = report::evaluate(&models, &data, &mut opts, &mut |p| match p {
             Progress::Plan(total) => bar.set_length(total as u64),
             Progress::Step(what) => {
@@ -211,6 +235,8 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         bar.finish_and_clear();
         // the rows kept from an earlier run cost that run's time
         report.seconds = seconds_before + family_started.elapsed().as_secs_f64();
+        report.command = command.clone();
+        report.earlier_commands = earlier;
         let written = report::write_family(&report, &args.out, &command)
             .with_context(|| format!("writing the {family} results"))?;
         eprintln!(

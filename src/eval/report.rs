@@ -115,8 +115,8 @@ impl Method {
             Method::Calibrated => "CCM-calibrated",
             Method::Prefix => "CCM-Prefix",
             Method::RandomDirection => "control: random direction",
-            Method::Conditioned => "parameter-conditioned FNO (true p)",
-            Method::ConditionedPrefix => "parameter-conditioned FNO (p from the prefix)",
+            Method::Conditioned => "conditioned FNO, true p",
+            Method::ConditionedPrefix => "conditioned FNO, p from prefix",
             Method::Hindsight => "best α in hindsight",
             Method::Oracle => "oracle expert",
         }
@@ -448,6 +448,12 @@ pub struct FamilyReport {
     pub random_seed: u64,
     /// Wall time in seconds (set by the caller, who owns the clock).
     pub seconds: f64,
+    /// The command that made this report (set by the caller).
+    #[serde(default)]
+    pub command: String,
+    /// The earlier commands whose rows this report kept (`--reuse`), oldest first.
+    #[serde(default)]
+    pub earlier_commands: Vec<String>,
 }
 
 /// Progress of [`evaluate`].
@@ -559,6 +565,17 @@ impl FamilyReport {
     pub fn to_markdown(&self, command: &str) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "# {}: CCM evaluation\n", self.family);
+        if !self.earlier_commands.is_empty() {
+            let _ = writeln!(
+                md,
+                "Rows kept from earlier runs of the same protocol: {}  ",
+                self.earlier_commands
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", then ")
+            );
+        }
         let n_traj: Vec<usize> = self.regimes.iter().map(|r| r.indices.len()).collect();
         let _ = writeln!(
             md,
@@ -752,7 +769,8 @@ pub fn summary_markdown(reports: &[FamilyReport], command: &str, seconds: f64) -
         "best α in hindsight",
         "random direction",
         "oracle expert",
-        "conditioned FNO",
+        "conditioned FNO (true p)",
+        "conditioned FNO (p from the prefix)",
         "paper (CCM)",
         "CCM reaches the paper",
     ]
@@ -784,6 +802,7 @@ pub fn summary_markdown(reports: &[FamilyReport], command: &str, seconds: f64) -
             cell(Method::RandomDirection),
             cell(Method::Oracle),
             cell(Method::Conditioned),
+            cell(Method::ConditionedPrefix),
             format!("{paper:.1} %"),
             if reached.is_empty() {
                 "no".into()
@@ -911,6 +930,8 @@ pub fn evaluate(
         prefix_gain: prefix_cfg.gain,
         random_seed: opts.random_seed,
         seconds: 0.0,
+        command: String::new(),
+        earlier_commands: Vec::new(),
     };
     let prior = opts.reuse.take();
     if let Some(why) = prior.as_ref().and_then(|p| protocol_mismatch(p, &report)) {
@@ -1342,6 +1363,8 @@ mod tests {
             prefix_gain: 1.0,
             random_seed: RANDOM_DIRECTION_SEED,
             seconds: 12.0,
+            command: String::new(),
+            earlier_commands: Vec::new(),
         }
     }
 

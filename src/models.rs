@@ -293,7 +293,7 @@ impl FamilyModels {
     }
 
     /// A tract backend for merges of these experts that swaps the varying tensors in place of
-    /// re-optimising per deployment ([`TractBackend::swappable`]), with the anchor deployed.
+    /// re-optimising per deployment ([`crate::infer::TractBackend::swappable`]), with the anchor deployed.
     pub fn tract_backend(&self) -> Result<crate::infer::TractBackend, crate::infer::InferError> {
         use crate::infer::Backend as _;
         let mut b =

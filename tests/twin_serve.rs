@@ -208,3 +208,90 @@ models = "../models/dam_break"
     let err = cfg.broker.credentials().unwrap_err();
     assert!(err.contains("CCM_TWIN_TEST_UNSET_PASSWORD"), "{err}");
 }
+
+/// `GET /metrics` while serving: the counters in the Prometheus text format, a frame that cannot
+/// be decoded counted by reason as soon as it arrived, and 404 for anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_what_the_runtime_sees() {
+    use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
+    use ccm_twin::twin::serve::{MetricsConfig, ServeEvent, serve};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = Mosquitto::start();
+    let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    cfg.broker.host = "127.0.0.1".into();
+    cfg.broker.port = broker.port();
+    cfg.station.id = "st-metrics".into();
+    cfg.metrics = Some(MetricsConfig {
+        listen: "127.0.0.1:0".into(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        serve(
+            &cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(ev_tx),
+        )
+        .await
+    });
+    let addr = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ev_rx.recv()).await {
+            Ok(Some(ServeEvent::Metrics { addr })) => break addr,
+            Ok(Some(_)) => continue,
+            other => panic!("no metrics endpoint: {other:?}"),
+        }
+    };
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    let page = get("/metrics").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(
+        page.contains("# TYPE ccm_twin_frames_received_total counter"),
+        "{page}"
+    );
+    assert!(
+        page.contains("ccm_twin_frames_received_total{station=\"st-metrics\"} 0"),
+        "{page}"
+    );
+    assert!(
+        page.contains("ccm_twin_online{station=\"st-metrics\"} 1"),
+        "{page}"
+    );
+
+    // a frame that is not one: counted by reason at once
+    let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "metrics-pub")).unwrap();
+    link.publish_to(
+        firmware_bridge::topic::Topic::Frames,
+        "st-metrics",
+        b"not a frame".to_vec(),
+    )
+    .unwrap();
+    link.flush(Duration::from_secs(5)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = get("/metrics").await;
+        if page.contains("ccm_twin_frames_rejected_total{station=\"st-metrics\",reason=") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection counted: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(page.contains("\"} 1\n"), "{page}");
+    assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+    link.close().await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}

@@ -37,6 +37,17 @@ pub struct StationConfig {
     /// Threshold alerts on the forecast.
     #[serde(default)]
     pub alerts: Vec<AlertRule>,
+    /// A Prometheus-style `GET /metrics` endpoint, when given.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` (port 0 picks a free one; the `Metrics` event says which).
+    pub listen: String,
 }
 
 /// Where the broker is.
@@ -286,6 +297,11 @@ pub enum ServeEvent {
         /// Frame to forecast, ms.
         total_ms: f64,
     },
+    /// The metrics endpoint listens here.
+    Metrics {
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
     /// A frame was refused.
     Rejected {
         /// Why.
@@ -407,15 +423,43 @@ pub async fn serve(
         state: StationState::Online,
         ..StatusMessage::offline(&station, super::unix_time_us())
     };
-    publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
     let emit = |e: ServeEvent| {
         if let Some(tx) = &events {
             let _ = tx.send(e);
         }
     };
+    let metrics = match &cfg.metrics {
+        None => None,
+        Some(m) => {
+            let server = super::metrics::MetricsServer::bind(&m.listen)
+                .await
+                .map_err(|e| ServeError::Config {
+                    path: PathBuf::from("[metrics]"),
+                    reason: format!("cannot listen on {}: {e}", m.listen),
+                })?;
+            tracing::info!(addr = %server.addr(), "metrics at http://{}/metrics", server.addr());
+            emit(ServeEvent::Metrics {
+                addr: server.addr(),
+            });
+            Some(server)
+        }
+    };
+    let metrics = metrics.as_ref();
+    publish_status(
+        &link,
+        &topic(Topic::Status),
+        &mut status,
+        &counters,
+        metrics,
+    )?;
     let mut forecaster = Some(forecaster);
     tokio::pin!(shutdown);
     loop {
+        // the metrics page follows every frame (the retained status only every cycle)
+        if let Some(m) = metrics {
+            status.counters = counters.clone();
+            m.update(&status);
+        }
         let msg = tokio::select! {
             m = rx.recv() => match m { Some(m) => m, None => break },
             () = &mut shutdown => break,
@@ -534,11 +578,23 @@ pub async fn serve(
             rollout_ms: Some(timings.rollout_ms),
             frame_to_forecast_ms: Some(arrived.elapsed().as_secs_f64() * 1e3),
         };
-        publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
+        publish_status(
+            &link,
+            &topic(Topic::Status),
+            &mut status,
+            &counters,
+            metrics,
+        )?;
     }
     // clean shutdown: the offline status, then disconnect
     status.state = StationState::Offline;
-    publish_status(&link, &topic(Topic::Status), &mut status, &counters)?;
+    publish_status(
+        &link,
+        &topic(Topic::Status),
+        &mut status,
+        &counters,
+        metrics,
+    )?;
     let _ = link.flush(Duration::from_secs(5)).await;
     link.close().await;
     let f = forecaster.expect("returned after every frame");
@@ -554,9 +610,13 @@ fn publish_status(
     topic: &str,
     status: &mut StatusMessage,
     counters: &Counters,
+    metrics: Option<&super::metrics::MetricsServer>,
 ) -> Result<(), MqttError> {
     status.updated_at_us = super::unix_time_us();
     status.counters = counters.clone();
+    if let Some(m) = metrics {
+        m.update(status);
+    }
     link.publish(
         topic,
         QoS::AtLeastOnce,

@@ -228,14 +228,20 @@ fn tiny_config(t_in: usize) -> FnoConfig {
     common::tiny_fno(2, t_in)
 }
 
+/// Normalisation constants that differ per channel, so a runtime that indexes them wrongly
+/// (by frame instead of by channel, say) cannot agree with the others.
+fn tiny_norm(channels: usize) -> Normalization {
+    Normalization {
+        mean: (0..channels).map(|c| 0.1 + 0.35 * c as f32).collect(),
+        std: (0..channels).map(|c| 0.8 + 0.55 * c as f32).collect(),
+    }
+}
+
 /// A tiny exported expert with random weights (times `scale`).
 fn tiny_expert(cfg: &FnoConfig, seed: u64, scale: f32) -> OnnxExpert {
     let mut w = common::random_weights(cfg, seed);
     w.data_mut().iter_mut().for_each(|x| *x *= scale);
-    let norm = Normalization {
-        mean: vec![0.1; cfg.channels],
-        std: vec![0.8; cfg.channels],
-    };
+    let norm = tiny_norm(cfg.channels);
     let bytes = onnx::export_bytes(cfg, &norm, &w).unwrap();
     OnnxExpert::from_bytes(&bytes, Path::new("tiny.onnx")).unwrap()
 }
@@ -306,10 +312,7 @@ fn a_rollout_slides_a_two_frame_window() {
         use burn::tensor::Device;
         use ccm_twin::fno::model::{Fno, rollout};
         let cfg = tiny_config(2);
-        let norm = Normalization {
-            mean: vec![0.1; 2],
-            std: vec![0.8; 2],
-        };
+        let norm = tiny_norm(2);
         let names: Vec<String> = cfg.param_shapes().into_iter().map(|(n, _)| n).collect();
         let params = expert
             .weights

@@ -181,9 +181,12 @@ models = "../models/dam_break"
     let err = StationConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("without broker.username"), "{err}");
     // an inline password is not a key at all
-    write("[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\npassword = \"x\"\n");
+    write(
+        "[broker]\nhost = \"127.0.0.1\"\nport = 1883\nusername = \"st9\"\n\
+         password_env = \"X\"\npassword = \"x\"\n",
+    );
     let err = StationConfig::load(&path).unwrap_err().to_string();
-    assert!(err.contains("password"), "{err}");
+    assert!(err.contains("unknown field `password`"), "{err}");
 
     // a password file next to the config (its first line)
     std::fs::write(dir.path().join("mqtt.pass"), "s3cret\nignored\n").unwrap();

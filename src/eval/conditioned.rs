@@ -128,7 +128,12 @@ impl ConditionedFno {
                 .collect()
         };
         let coarse = self.prefix_errors(scorer, index, k, &grid(lo, hi, COARSE));
-        let (c0, _) = best(&coarse);
+        let (c0, e0) = best(&coarse);
+        if !e0.is_finite() {
+            // every candidate diverged over the prefix: no evidence; the centre of the range
+            let centre = 0.5 * (lo + hi);
+            return (centre, f64::INFINITY);
+        }
         let fine = self.prefix_errors(
             scorer,
             index,

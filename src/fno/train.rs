@@ -1023,6 +1023,13 @@ pub fn score(
     opts: &ScoreOptions,
 ) -> Result<ScoreReport, TrainError> {
     let cfg = expert.meta.config;
+    if cfg.conditioning != 0 {
+        return Err(TrainError::Request(
+            "a parameter-conditioned expert needs its regime as an input; score it with \
+             `ccm-twin evaluate --conditioned` instead"
+                .into(),
+        ));
+    }
     let [count, frames, c, n, _] = data.manifest.shape;
     if (c, n) != (cfg.channels, cfg.n) {
         return Err(TrainError::Request(format!(

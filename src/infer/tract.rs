@@ -33,8 +33,10 @@ pub struct TractBackend {
 struct Swap {
     /// Their names, in graph-input order (after the state).
     names: Vec<String>,
-    /// Their deployed values (empty before the first deployment).
+    /// Their deployed values.
     values: Vec<TValue>,
+    /// Whether a weight set was deployed (there may be no tensor to swap at all).
+    deployed: bool,
 }
 
 impl TractBackend {
@@ -86,6 +88,7 @@ impl TractBackend {
             swap: Some(Swap {
                 names: swapped.to_vec(),
                 values: Vec::new(),
+                deployed: false,
             }),
         })
     }
@@ -142,6 +145,7 @@ impl Backend for TractBackend {
                 values.push(tensor.into_tvalue());
             }
             swap.values = values;
+            swap.deployed = true;
             return Ok(());
         }
         let proto = self.template.with_weights(weights)?;
@@ -172,7 +176,7 @@ impl Backend for TractBackend {
             .map_err(|e| InferError::Runtime(format!("tract input: {e:#}")))?;
         let mut inputs: TVec<TValue> = tvec!(x.into());
         if let Some(swap) = &self.swap {
-            if swap.values.is_empty() {
+            if !swap.deployed {
                 return Err(InferError::NotDeployed);
             }
             inputs.extend(swap.values.iter().cloned());

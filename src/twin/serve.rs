@@ -90,7 +90,16 @@ impl BrokerConfig {
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 format!("broker.password_env: the environment variable {var} is not set")
             })?,
-            _ => unreachable!("checked at load: exactly one password source"),
+            (None, None) => {
+                return Err(
+                    "broker.username needs broker.password_file or broker.password_env".into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "broker: give the password one way, password_file or password_env".into(),
+                );
+            }
         };
         Ok(Some(super::mqtt::Credentials {
             username: username.clone(),
@@ -231,6 +240,11 @@ impl StationConfig {
                     .to_string(),
             ),
         }
+        if let Some(t) = self.station.readout_threads
+            && !(1..=16).contains(&t)
+        {
+            problems.push(format!("station.readout_threads: 1 to 16 (got {t})"));
+        }
         if let Some(p) = self.station.p
             && !(p.is_finite() && p > 0.0)
         {
@@ -362,10 +376,14 @@ pub async fn serve(
     };
     let mut opts = ForecasterOptions::for_bundle(&models, mode);
     opts.reorder_window = cfg.station.reorder_window;
-    let threads = cfg
-        .station
-        .readout_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+    // helpers share the prefix readout's scan; with a known p there is none to share
+    let threads = match cfg.station.p {
+        Some(_) => 1,
+        None => cfg
+            .station
+            .readout_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4))),
+    };
     let helpers = (1..threads.max(1))
         .map(|_| models.backend(cfg.station.runtime, &ort))
         .collect::<Result<Vec<_>, _>>()

@@ -51,6 +51,80 @@ pub fn paper_ood_reduction(family: Family) -> f64 {
     }
 }
 
+/// JSON has no infinity or NaN (serde_json writes them as `null`, which does not read back):
+/// these write a non-finite number as the string `"inf"`, `"-inf"` or `"nan"` and read either
+/// form, so a report with a diverged rollout in it reads back as written.
+mod lossless {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        Finite(f64),
+        Text(String),
+    }
+
+    fn to(x: f64) -> Num {
+        if x.is_finite() {
+            Num::Finite(x)
+        } else if x.is_nan() {
+            Num::Text("nan".into())
+        } else if x > 0.0 {
+            Num::Text("inf".into())
+        } else {
+            Num::Text("-inf".into())
+        }
+    }
+
+    fn from<E: serde::de::Error>(n: Num) -> Result<f64, E> {
+        match n {
+            Num::Finite(x) => Ok(x),
+            Num::Text(t) => match t.as_str() {
+                "nan" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(E::custom(format!("not a number: {other:?}"))),
+            },
+        }
+    }
+
+    pub mod vec {
+        use super::*;
+        pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|x| to(*x)))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            Vec::<Num>::deserialize(d)?.into_iter().map(from).collect()
+        }
+    }
+
+    pub mod vec32 {
+        use super::*;
+        pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|x| to(f64::from(*x))))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+            Vec::<Num>::deserialize(d)?
+                .into_iter()
+                .map(|n| from(n).map(|x: f64| x as f32))
+                .collect()
+        }
+    }
+
+    pub mod pairs {
+        use super::*;
+        pub fn serialize<S: Serializer>(v: &[(f64, f64)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|(a, b)| (to(*a), to(*b))))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {
+            Vec::<(Num, Num)>::deserialize(d)?
+                .into_iter()
+                .map(|(a, b)| Ok((from(a)?, from(b)?)))
+                .collect()
+        }
+    }
+}
+
 /// A row of the results table.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -333,10 +407,13 @@ pub struct Regime {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RegimeScore {
     /// nRMSE of each trajectory.
+    #[serde(with = "lossless::vec")]
     pub errors: Vec<f64>,
     /// The α each trajectory was rolled with (empty when the method is not a point on a line).
+    #[serde(with = "lossless::vec")]
     pub alphas: Vec<f64>,
     /// Mean over trajectories of each predicted frame's relative error (all `H` frames).
+    #[serde(with = "lossless::vec")]
     pub per_step: Vec<f64>,
 }
 
@@ -389,8 +466,10 @@ pub struct Scan {
     /// The regime's parameter.
     pub p: f64,
     /// `(α, mean error)` along the CCM line, sorted by α.
+    #[serde(with = "lossless::pairs")]
     pub ccm: Vec<(f64, f64)>,
     /// `(α, mean error)` along the random direction, sorted by α.
+    #[serde(with = "lossless::pairs")]
     pub random: Vec<(f64, f64)>,
 }
 
@@ -406,10 +485,13 @@ pub struct Snapshot {
     /// Grid size (`n × n` values per field, `y` slowest).
     pub n: usize,
     /// The true field.
+    #[serde(with = "lossless::vec32")]
     pub truth: Vec<f32>,
     /// The anchor's forecast.
+    #[serde(with = "lossless::vec32")]
     pub anchor: Vec<f32>,
     /// CCM-Prefix's forecast.
+    #[serde(with = "lossless::vec32")]
     pub prefix: Vec<f32>,
     /// The α CCM-Prefix read out for this trajectory.
     pub prefix_alpha: f64,
@@ -451,6 +533,13 @@ pub struct FamilyReport {
     /// The command that made this report (set by the caller).
     #[serde(default)]
     pub command: String,
+    /// sha256 of the model bundle's manifest (which holds every expert's checksum and the
+    /// calibration): rows of another bundle are not reused.
+    #[serde(default)]
+    pub bundle_sha256: String,
+    /// sha256 over the test data's file checksums: rows scored on other data are not reused.
+    #[serde(default)]
+    pub data_sha256: String,
     /// The earlier commands whose rows this report kept (`--reuse`), oldest first.
     #[serde(default)]
     pub earlier_commands: Vec<String>,
@@ -931,6 +1020,12 @@ pub fn evaluate(
         random_seed: opts.random_seed,
         seconds: 0.0,
         command: String::new(),
+        bundle_sha256: crate::fno::expert::sha256_hex(
+            &serde_json::to_vec(&models.manifest).expect("a manifest serialises"),
+        ),
+        data_sha256: crate::fno::expert::sha256_hex(
+            &serde_json::to_vec(&data.manifest.sha256).expect("checksums serialise"),
+        ),
         earlier_commands: Vec::new(),
     };
     let prior = opts.reuse.take();
@@ -1252,8 +1347,12 @@ pub fn protocol_mismatch(old: &FamilyReport, now: &FamilyReport) -> Option<Strin
     let regimes = |r: &FamilyReport| -> Vec<(f64, Vec<usize>)> {
         r.regimes.iter().map(|g| (g.p, g.indices.clone())).collect()
     };
-    let checks: [(&str, bool); 8] = [
+    // an empty checksum: a report from before they were recorded
+    let same = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
+    let checks: [(&str, bool); 10] = [
         ("family", old.family == now.family),
+        ("model bundle", same(&old.bundle_sha256, &now.bundle_sha256)),
+        ("test data", same(&old.data_sha256, &now.data_sha256)),
         ("regimes or trajectories", regimes(old) == regimes(now)),
         ("prefix K or T_in", (old.k, old.t_in) == (now.k, now.t_in)),
         (
@@ -1364,6 +1463,8 @@ mod tests {
             random_seed: RANDOM_DIRECTION_SEED,
             seconds: 12.0,
             command: String::new(),
+            bundle_sha256: String::new(),
+            data_sha256: String::new(),
             earlier_commands: Vec::new(),
         }
     }
@@ -1426,6 +1527,41 @@ mod tests {
         assert!((prefix[11].parse::<f64>().unwrap() - 0.07).abs() < 1e-12);
         assert!((prefix[13].parse::<f64>().unwrap() - 82.5).abs() < 1e-9);
         assert!(lines[5].starts_with("oracle,not_run,"));
+    }
+
+    #[test]
+    fn a_report_with_diverged_rollouts_reads_back_as_written() {
+        let mut r = report();
+        if let Outcome::Scored(scores) = &mut r.rows[0].outcome {
+            scores[0].errors[0] = f64::INFINITY;
+            scores[0].per_step = vec![f64::NAN, 0.5];
+        }
+        r.scans.push(Scan {
+            p: 1.0,
+            ccm: vec![(0.5, f64::NEG_INFINITY)],
+            random: vec![],
+        });
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            text.contains("\"inf\"") && text.contains("\"nan\""),
+            "{text}"
+        );
+        let back: FamilyReport = serde_json::from_str(&text).unwrap();
+        let Outcome::Scored(scores) = &back.rows[0].outcome else {
+            panic!("scored")
+        };
+        assert_eq!(scores[0].errors[0], f64::INFINITY);
+        assert!(scores[0].per_step[0].is_nan());
+        assert_eq!(back.scans.last().unwrap().ccm[0].1, f64::NEG_INFINITY);
+        // and a report of another bundle does not lend its rows
+        let mut other = back.clone();
+        other.bundle_sha256 = "a".into();
+        let mut now = back;
+        now.bundle_sha256 = "b".into();
+        assert_eq!(
+            protocol_mismatch(&other, &now).as_deref(),
+            Some("model bundle")
+        );
     }
 
     #[test]

@@ -144,7 +144,9 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
         let mut opts = EvalOptions::for_family(&cfg);
         opts.per_regime = args.trajectories;
         if let Some(dir) = &args.oracle {
-            let oracles = PerRegimeWeights::load_oracles(dir, family, &models.manifest.model)?;
+            let (oracles, id) =
+                PerRegimeWeights::load_oracles(dir, family, &models.manifest.model)?;
+            opts.plugged.insert(report::Method::Oracle.key().into(), id);
             eprintln!(
                 "{family}: {} oracle expert(s) under {}",
                 oracles.0.len(),
@@ -177,6 +179,13 @@ pub fn evaluate(args: EvaluateArgs) -> Result<()> {
             // the family's own parameter settings (its service range bounds the coordinate
             // readout, as the readout interval bounds CCM-Prefix's), not the bundle's copy
             let load = |c| ConditionedFno::load(found, &cfg.parameter, &models.manifest.model, c);
+            let id = ccm_twin::fno::expert::read_meta(found)?.weights_sha256;
+            for m in [
+                report::Method::Conditioned,
+                report::Method::ConditionedPrefix,
+            ] {
+                opts.plugged.insert(m.key().into(), id.clone());
+            }
             opts.conditioned = Some(Box::new(load(Coordinate::Known)?));
             opts.conditioned_prefix = Some(Box::new(load(Coordinate::Prefix { k: opts.k })?));
             eprintln!("{family}: conditioned baseline {}", found.display());

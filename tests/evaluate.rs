@@ -129,7 +129,7 @@ fn quick_protocol_on_dam_break() {
     // and computes only the oracle's. Stand-in oracles carry the anchor's weights, so their row
     // must equal the anchor's exactly.
     let oracles = out.path().join("oracles");
-    write_anchor_as_oracles(&oracles);
+    write_anchor_as_oracles(&oracles, 1.0);
     let again = bin()
         .args([
             "evaluate",
@@ -161,11 +161,38 @@ fn quick_protocol_on_dam_break() {
         }
     }
     assert!(std::fs::read_to_string(out.path().join("dam_break.json")).is_ok());
+
+    // other oracles under the same flags: their row is computed again, the rest still kept
+    write_anchor_as_oracles(&oracles, 1.01);
+    let third = bin()
+        .args([
+            "evaluate",
+            "--family",
+            "dam_break",
+            "--quick",
+            "--reuse",
+            "--models",
+        ])
+        .arg(models())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--oracle")
+        .arg(&oracles)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success(), "evaluate --reuse failed:\n{log}");
+    let last = read_csv(&out.path().join("dam_break.csv"));
+    assert_ne!(
+        last["oracle"]["mean_ood"], after["oracle"]["mean_ood"],
+        "the changed oracles were not scored again"
+    );
+    assert_eq!(last["ccm_prefix"], after["ccm_prefix"]);
 }
 
 /// One stand-in oracle expert per dam-break test regime under `dir`, each holding the shipped
-/// anchor's weights.
-fn write_anchor_as_oracles(dir: &Path) {
+/// anchor's weights times `scale` (replacing what is there).
+fn write_anchor_as_oracles(dir: &Path, scale: f32) {
     use ccm_twin::config::{Family, FamilyConfig};
     use ccm_twin::fno::expert::{Expert, ExpertMeta};
     use ccm_twin::models::FamilyModels;
@@ -203,10 +230,9 @@ fn write_anchor_as_oracles(dir: &Path) {
             "weights_sha256": ""
         }))
         .unwrap();
-        let mut expert = Expert {
-            meta,
-            weights: weights.clone(),
-        };
+        let mut w = weights.clone();
+        w.data_mut().iter_mut().for_each(|x| *x *= scale);
+        let mut expert = Expert { meta, weights: w };
         expert
             .save(&dir.join("dam_break/oracle").join(p.to_string()))
             .unwrap();

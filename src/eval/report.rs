@@ -266,11 +266,17 @@ impl PerRegimeWeights {
     /// `ccm-twin train --role oracle --out <dir>/<family>/oracle/<p>` lays them out): each
     /// must have the bundle's architecture `cfg`. Experts of other roles or families are
     /// passed over; two oracles of one regime are refused.
-    pub fn load_oracles(dir: &Path, family: Family, cfg: &FnoConfig) -> Result<Self, EvalError> {
+    /// Also returns a checksum of the set (over each expert's regime and weights checksum).
+    pub fn load_oracles(
+        dir: &Path,
+        family: Family,
+        cfg: &FnoConfig,
+    ) -> Result<(Self, String), EvalError> {
         let mut found = Vec::new();
         find_experts(dir, 3, &mut found)?;
         found.sort();
         let mut out: Vec<(f64, WeightSet, PathBuf)> = Vec::new();
+        let mut ids = Vec::new();
         for path in found {
             let meta = crate::fno::expert::read_meta(&path)
                 .map_err(|e| EvalError::Setup(format!("oracle expert: {e}")))?;
@@ -301,10 +307,14 @@ impl PerRegimeWeights {
             }
             let expert = crate::fno::expert::Expert::load(&path)
                 .map_err(|e| EvalError::Setup(format!("oracle expert: {e}")))?;
+            ids.push(format!("{p:e}:{}", meta.weights_sha256));
             out.push((p, expert.weights, path));
         }
-        Ok(PerRegimeWeights(
-            out.into_iter().map(|(p, w, _)| (p, w)).collect(),
+        ids.sort();
+        let id = crate::fno::expert::sha256_hex(ids.join(",").as_bytes());
+        Ok((
+            PerRegimeWeights(out.into_iter().map(|(p, w, _)| (p, w)).collect()),
+            id,
         ))
     }
 }
@@ -369,6 +379,9 @@ pub struct EvalOptions {
     /// forecast snapshot) are kept, and only the rows it did not run are computed. How the
     /// oracle or conditioned rows are added to a finished evaluation without redoing it.
     pub reuse: Option<FamilyReport>,
+    /// Checksums of the models plugged in from outside (oracle experts, conditioned FNO), by
+    /// row key: a kept row whose model has changed since is computed again.
+    pub plugged: std::collections::BTreeMap<String, String>,
 }
 
 impl EvalOptions {
@@ -386,6 +399,7 @@ impl EvalOptions {
             conditioned: None,
             conditioned_prefix: None,
             reuse: None,
+            plugged: Default::default(),
         }
     }
 }
@@ -540,6 +554,9 @@ pub struct FamilyReport {
     /// sha256 over the test data's file checksums: rows scored on other data are not reused.
     #[serde(default)]
     pub data_sha256: String,
+    /// Checksums of the outside models behind the oracle and conditioned rows, by row key.
+    #[serde(default)]
+    pub plugged: std::collections::BTreeMap<String, String>,
     /// The earlier commands whose rows this report kept (`--reuse`), oldest first.
     #[serde(default)]
     pub earlier_commands: Vec<String>,
@@ -1027,19 +1044,30 @@ pub fn evaluate(
             &serde_json::to_vec(&data.manifest.sha256).expect("checksums serialise"),
         ),
         earlier_commands: Vec::new(),
+        plugged: opts.plugged.clone(),
     };
     let prior = opts.reuse.take();
+    if let Some(p) = &prior {
+        for (k, v) in &p.plugged {
+            report.plugged.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     if let Some(why) = prior.as_ref().and_then(|p| protocol_mismatch(p, &report)) {
         return Err(EvalError::Setup(format!(
             "the previous {} report differs from this run in: {why}; run without reusing it",
             m.family
         )));
     }
+    // a kept row must be scored, and its outside model (if any) the one given now
     let reused = |method: Method| -> Option<&Row> {
-        prior
-            .as_ref()?
-            .row(method)
-            .filter(|r| matches!(r.outcome, Outcome::Scored(_)))
+        let p = prior.as_ref()?;
+        let key = method.key();
+        let changed = matches!(
+            (p.plugged.get(key), opts.plugged.get(key)),
+            (Some(a), Some(b)) if a != b
+        );
+        p.row(method)
+            .filter(|r| matches!(r.outcome, Outcome::Scored(_)) && !changed)
     };
     let regimes = std::mem::take(&mut report.regimes);
 
@@ -1465,6 +1493,7 @@ mod tests {
             command: String::new(),
             bundle_sha256: String::new(),
             data_sha256: String::new(),
+            plugged: Default::default(),
             earlier_commands: Vec::new(),
         }
     }

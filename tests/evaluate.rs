@@ -130,22 +130,7 @@ fn quick_protocol_on_dam_break() {
     // must equal the anchor's exactly.
     let oracles = out.path().join("oracles");
     write_anchor_as_oracles(&oracles, 1.0);
-    let again = bin()
-        .args([
-            "evaluate",
-            "--family",
-            "dam_break",
-            "--quick",
-            "--reuse",
-            "--models",
-        ])
-        .arg(models())
-        .arg("--out")
-        .arg(out.path())
-        .arg("--oracle")
-        .arg(&oracles)
-        .output()
-        .unwrap();
+    let again = reuse_with_oracles(out.path(), &oracles);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "evaluate --reuse failed:\n{log}");
     assert!(log.contains("4 oracle expert(s)"), "{log}");
@@ -164,22 +149,7 @@ fn quick_protocol_on_dam_break() {
 
     // other oracles under the same flags: their row is computed again, the rest still kept
     write_anchor_as_oracles(&oracles, 1.01);
-    let third = bin()
-        .args([
-            "evaluate",
-            "--family",
-            "dam_break",
-            "--quick",
-            "--reuse",
-            "--models",
-        ])
-        .arg(models())
-        .arg("--out")
-        .arg(out.path())
-        .arg("--oracle")
-        .arg(&oracles)
-        .output()
-        .unwrap();
+    let third = reuse_with_oracles(out.path(), &oracles);
     let log = String::from_utf8_lossy(&third.stderr);
     assert!(third.status.success(), "evaluate --reuse failed:\n{log}");
     let last = read_csv(&out.path().join("dam_break.csv"));
@@ -188,6 +158,20 @@ fn quick_protocol_on_dam_break() {
         "the changed oracles were not scored again"
     );
     assert_eq!(last["ccm_prefix"], after["ccm_prefix"]);
+}
+
+/// The quick protocol again into `out`, keeping its rows and adding the oracles in `oracles`.
+fn reuse_with_oracles(out: &Path, oracles: &Path) -> std::process::Output {
+    bin()
+        .args(["evaluate", "--family", "dam_break", "--quick", "--reuse"])
+        .arg("--models")
+        .arg(models())
+        .arg("--out")
+        .arg(out)
+        .arg("--oracle")
+        .arg(oracles)
+        .output()
+        .unwrap()
 }
 
 /// One stand-in oracle expert per dam-break test regime under `dir`, each holding the shipped

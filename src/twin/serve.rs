@@ -463,13 +463,11 @@ pub async fn serve(
         }
     };
     let metrics = metrics.as_ref();
-    publish_status(
-        &link,
-        &topic(Topic::Status),
-        &mut status,
-        &counters,
-        metrics,
-    )?;
+    let status_topic = topic(Topic::Status);
+    let publish = |status: &mut StatusMessage, counters: &Counters| {
+        publish_status(&link, &status_topic, status, counters, metrics)
+    };
+    publish(&mut status, &counters)?;
     let mut forecaster = Some(forecaster);
     tokio::pin!(shutdown);
     loop {
@@ -596,23 +594,11 @@ pub async fn serve(
             rollout_ms: Some(timings.rollout_ms),
             frame_to_forecast_ms: Some(arrived.elapsed().as_secs_f64() * 1e3),
         };
-        publish_status(
-            &link,
-            &topic(Topic::Status),
-            &mut status,
-            &counters,
-            metrics,
-        )?;
+        publish(&mut status, &counters)?;
     }
     // clean shutdown: the offline status, then disconnect
     status.state = StationState::Offline;
-    publish_status(
-        &link,
-        &topic(Topic::Status),
-        &mut status,
-        &counters,
-        metrics,
-    )?;
+    publish(&mut status, &counters)?;
     let _ = link.flush(Duration::from_secs(5)).await;
     link.close().await;
     let f = forecaster.expect("returned after every frame");

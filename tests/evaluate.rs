@@ -158,14 +158,56 @@ fn quick_protocol_on_dam_break() {
         "the changed oracles were not scored again"
     );
     assert_eq!(last["ccm_prefix"], after["ccm_prefix"]);
+
+    // a new calibration of the same experts: only the rows that read it are computed again
+    let root = out.path().join("recalibrated");
+    let (shipped, bundle) = (models().join("dam_break"), root.join("dam_break"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    for f in ["anchor.onnx", "low.onnx", "high.onnx"] {
+        std::fs::copy(shipped.join(f), bundle.join(f)).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).unwrap()).unwrap();
+    let gain = &mut manifest["calibration"]["prefix"]["gain"];
+    *gain = serde_json::json!(gain.as_f64().unwrap() * 1.2);
+    std::fs::write(
+        bundle.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let fourth = reuse_with(out.path(), &oracles, &root);
+    let log = String::from_utf8_lossy(&fourth.stderr);
+    assert!(fourth.status.success(), "evaluate --reuse failed:\n{log}");
+    let recalibrated = read_csv(&out.path().join("dam_break.csv"));
+    assert_ne!(
+        recalibrated["ccm_prefix"]["mean_ood"], last["ccm_prefix"]["mean_ood"],
+        "CCM-Prefix was not scored again under the new gain"
+    );
+    for method in [
+        "anchor",
+        "ccm_coord",
+        "ccm_hindsight",
+        "random_direction",
+        "oracle",
+    ] {
+        assert_eq!(
+            recalibrated[method], last[method],
+            "{method} was recomputed"
+        );
+    }
 }
 
 /// The quick protocol again into `out`, keeping its rows and adding the oracles in `oracles`.
 fn reuse_with_oracles(out: &Path, oracles: &Path) -> std::process::Output {
+    reuse_with(out, oracles, &models())
+}
+
+/// [`reuse_with_oracles`] on the bundle in `models`.
+fn reuse_with(out: &Path, oracles: &Path, models: &Path) -> std::process::Output {
     bin()
         .args(["evaluate", "--family", "dam_break", "--quick", "--reuse"])
         .arg("--models")
-        .arg(models())
+        .arg(models)
         .arg("--out")
         .arg(out)
         .arg("--oracle")

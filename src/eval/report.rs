@@ -540,6 +540,7 @@ pub struct FamilyReport {
     pub hindsight: Interval,
     /// CCM-Prefix's debiasing gain (1 when the bundle has none).
     pub prefix_gain: f64,
+
     /// Seed of the random direction.
     pub random_seed: u64,
     /// Wall time in seconds (set by the caller, who owns the clock).
@@ -547,14 +548,17 @@ pub struct FamilyReport {
     /// The command that made this report (set by the caller).
     #[serde(default)]
     pub command: String,
-    /// sha256 of the model bundle's manifest (which holds every expert's checksum and the
-    /// calibration): rows of another bundle are not reused.
+    /// sha256 of the model bundle's manifest without its calibration ([`bundle_checksum`]: every
+    /// expert's checksum, the architecture, the training record): rows of other experts are not
+    /// reused.
     #[serde(default)]
     pub bundle_sha256: String,
     /// sha256 over the test data's file checksums: rows scored on other data are not reused.
     #[serde(default)]
     pub data_sha256: String,
-    /// Checksums of the outside models behind the oracle and conditioned rows, by row key.
+    /// Checksums of what rows depend on beyond the experts, by row key ([`row_inputs`]): the
+    /// outside models behind the oracle and conditioned rows, the calibration behind CCM-Scale,
+    /// CCM-calibrated and CCM-Prefix.
     #[serde(default)]
     pub plugged: std::collections::BTreeMap<String, String>,
     /// The earlier commands whose rows this report kept (`--reuse`), oldest first.
@@ -1037,16 +1041,28 @@ pub fn evaluate(
         random_seed: opts.random_seed,
         seconds: 0.0,
         command: String::new(),
-        bundle_sha256: crate::fno::expert::sha256_hex(
-            &serde_json::to_vec(&models.manifest).expect("a manifest serialises"),
-        ),
+        bundle_sha256: bundle_checksum(&models.manifest),
         data_sha256: crate::fno::expert::sha256_hex(
             &serde_json::to_vec(&data.manifest.sha256).expect("checksums serialise"),
         ),
         earlier_commands: Vec::new(),
-        plugged: opts.plugged.clone(),
+        plugged: row_inputs(&opts.plugged, &models.manifest),
     };
-    let prior = opts.reuse.take();
+    let inputs = report.plugged.clone();
+    let mut prior = opts.reuse.take();
+    if let Some(p) = prior.as_mut() {
+        // a report from before the calibration had its own checksum: its bundle checksum
+        // covered the whole manifest, so a match means these experts and this calibration
+        let legacy = crate::fno::expert::sha256_hex(
+            &serde_json::to_vec(&models.manifest).expect("a manifest serialises"),
+        );
+        if p.bundle_sha256 == legacy {
+            p.bundle_sha256 = report.bundle_sha256.clone();
+            for (k, v) in &inputs {
+                p.plugged.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
     if let Some(p) = &prior {
         for (k, v) in &p.plugged {
             report.plugged.entry(k.clone()).or_insert_with(|| v.clone());
@@ -1063,7 +1079,7 @@ pub fn evaluate(
         let p = prior.as_ref()?;
         let key = method.key();
         let changed = matches!(
-            (p.plugged.get(key), opts.plugged.get(key)),
+            (p.plugged.get(key), inputs.get(key)),
             (Some(a), Some(b)) if a != b
         );
         p.row(method)
@@ -1368,16 +1384,46 @@ pub fn load_report(out: &Path, family: Family) -> Result<Option<FamilyReport>, E
     })
 }
 
+/// The checksum of a bundle's experts as a report records it: its manifest without the
+/// calibration (the rows that use the calibration record it in [`row_inputs`]), so that a new
+/// calibration recomputes only those rows.
+pub fn bundle_checksum(manifest: &crate::models::Manifest) -> String {
+    let experts = crate::models::Manifest {
+        calibration: None,
+        ..manifest.clone()
+    };
+    crate::fno::expert::sha256_hex(&serde_json::to_vec(&experts).expect("a manifest serialises"))
+}
+
+/// The checksums of what each row depends on beyond the bundle's experts, by row key: the
+/// outside models in `plugged`, and the bundle's calibration for the rows that read it
+/// (CCM-Scale, CCM-calibrated, CCM-Prefix).
+pub fn row_inputs(
+    plugged: &std::collections::BTreeMap<String, String>,
+    manifest: &crate::models::Manifest,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = plugged.clone();
+    if let Some(c) = &manifest.calibration {
+        let sha = crate::fno::expert::sha256_hex(
+            &serde_json::to_vec(c).expect("a calibration serialises"),
+        );
+        for m in [Method::Scale, Method::Calibrated, Method::Prefix] {
+            out.insert(m.key().into(), sha.clone());
+        }
+    }
+    out
+}
+
 /// Why a previous report cannot lend its rows to a run of `now`'s protocol, or `None` when
-/// it can: the same family, regimes, trajectories, prefix, horizon, intervals, gain and
-/// random seed.
+/// it can: the same family, experts, data, regimes, trajectories, prefix, horizon, intervals and
+/// random seed. (A changed calibration only recomputes the rows that read it.)
 pub fn protocol_mismatch(old: &FamilyReport, now: &FamilyReport) -> Option<String> {
     let regimes = |r: &FamilyReport| -> Vec<(f64, Vec<usize>)> {
         r.regimes.iter().map(|g| (g.p, g.indices.clone())).collect()
     };
     // an empty checksum: a report from before they were recorded
     let same = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
-    let checks: [(&str, bool); 10] = [
+    let checks: [(&str, bool); 9] = [
         ("family", old.family == now.family),
         ("model bundle", same(&old.bundle_sha256, &now.bundle_sha256)),
         ("test data", same(&old.data_sha256, &now.data_sha256)),
@@ -1389,7 +1435,6 @@ pub fn protocol_mismatch(old: &FamilyReport, now: &FamilyReport) -> Option<Strin
         ),
         ("readout interval", old.interval == now.interval),
         ("hindsight interval", old.hindsight == now.hindsight),
-        ("CCM-Prefix gain", old.prefix_gain == now.prefix_gain),
         ("random direction seed", old.random_seed == now.random_seed),
     ];
     let differ: Vec<&str> = checks

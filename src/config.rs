@@ -41,6 +41,11 @@ impl Family {
         }
     }
 
+    /// Whether the domain is periodic (Navier–Stokes); the others have walls.
+    pub fn periodic(self) -> bool {
+        matches!(self, Family::NavierStokes)
+    }
+
     /// The commented TOML shipped in `configs/`.
     pub fn builtin_toml(self) -> &'static str {
         match self {

@@ -325,6 +325,10 @@ pub struct DemoArgs {
     /// Runtime: native (default), tract, or ort (ONNX Runtime, library from ORT_DYLIB_PATH).
     #[arg(long, default_value = "native")]
     runtime: ccm_twin::infer::Runtime,
+    /// Sparse sensors: the station reports this many random cells per frame instead of whole
+    /// fields.
+    #[arg(long, value_name = "N")]
+    sensors: Option<usize>,
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
@@ -335,6 +339,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     opts.frame_interval = Duration::from_millis(args.interval_ms);
     opts.broker = args.broker;
     opts.runtime = args.runtime;
+    opts.sensors = args.sensors;
     if let Some(m) = args.models {
         opts.models = m;
     }

@@ -114,6 +114,75 @@ async fn station_to_forecast_over_mosquitto() {
     station_to_forecast(broker.addr()).await;
 }
 
+/// A station with sparse sensors over the embedded broker: every frame is made whole by optimal
+/// interpolation, the retained status says how, α is read at the sensors, the forecasts improve
+/// as the analysis cycles (each frame's background is the previous forecast), and more sensors
+/// give better forecasts.
+#[cfg(feature = "embedded-broker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_station_is_served_through_the_analysis() {
+    let broker = ccm_twin::twin::broker::EmbeddedBroker::start(0).unwrap();
+    let addr = broker.addr();
+    let n = FamilyConfig::builtin(Family::DamBreak).grid.n;
+    let mut opts = DemoOptions::new(Family::DamBreak);
+    opts.frames = 10;
+    opts.frame_interval = Duration::from_millis(100);
+    opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    let dense = run(opts.clone(), &mut |_| {}).await.unwrap();
+    opts.sensors = Some(n * n / 16);
+    let fewer = run(opts.clone(), &mut |_| {}).await.unwrap();
+    opts.sensors = Some(n * n / 4);
+    let mut lines = Vec::new();
+    let sparse = run(opts.clone(), &mut |line| {
+        eprintln!("{line}");
+        lines.push(line)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sparse.forecasts.len(),
+        opts.frames - 4,
+        "from the 5th frame on"
+    );
+    let (e_sparse, e_anchor_truth) = sparse.mean_errors().unwrap();
+    let (e_fewer, _) = fewer.mean_errors().unwrap();
+    let (e_dense, _) = dense.mean_errors().unwrap();
+    eprintln!(
+        "mean forecast error: one cell in 4 {e_sparse:.4}, in 16 {e_fewer:.4}, every cell \
+         {e_dense:.4}; the anchor from the true field {e_anchor_truth:.4}; α {:?}, {:?}, {:?}",
+        sparse.alpha, fewer.alpha, dense.alpha
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("rejected")),
+        "no frame refused: {lines:?}"
+    );
+    assert!(sparse.alpha.unwrap() < -1.0, "α = {:?}", sparse.alpha);
+    let (first, last) = (&sparse.forecasts[0], sparse.forecasts.last().unwrap());
+    assert!(
+        last.error < first.error,
+        "the cycle improves the state: {:.4} then {:.4}",
+        first.error,
+        last.error
+    );
+    assert!(
+        e_dense < e_sparse && e_sparse < e_fewer,
+        "more sensors, better forecasts: {e_dense:.4} < {e_sparse:.4} < {e_fewer:.4}"
+    );
+    // the retained status (the final one, offline) tells how the last state was formed
+    let mut sub = Subscriber::connect(addr, "ccm/demo-dam-break/status", None).await;
+    let status = sub
+        .recv(Duration::from_secs(5))
+        .await
+        .expect("a retained status");
+    let status: firmware_bridge::dashboard::StatusMessage =
+        serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(
+        status.state_from.as_deref(),
+        Some("analysis from forecast"),
+        "{status:?}"
+    );
+}
+
 #[test]
 fn a_station_config_reports_every_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -81,6 +81,11 @@ pub struct StatusMessage {
     /// Running counts since the runtime started.
     #[serde(default)]
     pub counters: Counters,
+    /// How the latest frame's whole state was formed: `observed` (a dense frame), or
+    /// `analysis from <background>` for sparse sensors (`forecast`, `persistence` or
+    /// `mean state`); absent before the first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_from: Option<String>,
 }
 
 impl StatusMessage {
@@ -99,6 +104,7 @@ impl StatusMessage {
             prefix_fit_error: None,
             timings: Timings::default(),
             counters: Counters::default(),
+            state_from: None,
         }
     }
 }

@@ -264,6 +264,7 @@ fn status_message_round_trips_as_json() {
             frame_to_forecast_ms: Some(60.0),
         },
         counters,
+        state_from: Some("analysis from forecast".into()),
     };
     let json = serde_json::to_string_pretty(&status).unwrap();
     assert!(json.contains("\"bad_crc\": 2"), "{json}");

@@ -49,8 +49,134 @@ pub enum AnalysisError {
     Singular,
 }
 
+/// The analysis for one sensor layout: the factorised sensor covariance is kept, so each frame
+/// of a station whose sensors stay put costs one triangular solve and one pass over the grid per
+/// channel.
+#[derive(Debug, Clone)]
+pub struct Analyser {
+    cfg: OiConfig,
+    channels: usize,
+    n: usize,
+    points: Vec<(usize, usize)>,
+    /// `exp(−d² / 2L²)` for grid distances `d = 0..n`: the correlation is separable by axis.
+    table: Vec<f64>,
+    chol: Option<nalgebra::Cholesky<f64, nalgebra::Dyn>>,
+}
+
+impl Analyser {
+    /// The analysis of `channels × n × n` fields from sensors at `points` (`(row, col)` cells).
+    pub fn new(
+        channels: usize,
+        n: usize,
+        points: &[(usize, usize)],
+        cfg: &OiConfig,
+    ) -> Result<Self, AnalysisError> {
+        if let Some(&(r, c)) = points.iter().find(|&&(r, c)| r >= n || c >= n) {
+            return Err(AnalysisError::Shape(format!(
+                "sensor at ({r}, {c}) lies outside the {n} × {n} grid"
+            )));
+        }
+        if !(cfg.length_cells > 0.0 && cfg.obs_to_background >= 0.0) {
+            return Err(AnalysisError::Shape(format!(
+                "length_cells must be positive and obs_to_background not negative: {cfg:?}"
+            )));
+        }
+        let table: Vec<f64> = (0..n)
+            .map(|d| (-((d * d) as f64) / (2.0 * cfg.length_cells * cfg.length_cells)).exp())
+            .collect();
+        let mut a = Analyser {
+            cfg: *cfg,
+            channels,
+            n,
+            points: points.to_vec(),
+            table,
+            chol: None,
+        };
+        let m = points.len();
+        if m > 0 {
+            // H B Hᵀ + R, the same for every channel
+            let mut s = DMatrix::<f64>::from_fn(m, m, |i, j| a.corr(points[i], points[j]));
+            for i in 0..m {
+                s[(i, i)] += cfg.obs_to_background;
+            }
+            a.chol = Some(s.cholesky().ok_or(AnalysisError::Singular)?);
+        }
+        Ok(a)
+    }
+
+    /// The sensor cells.
+    pub fn points(&self) -> &[(usize, usize)] {
+        &self.points
+    }
+
+    fn dist(&self, a: usize, b: usize) -> usize {
+        let x = a.abs_diff(b);
+        if self.cfg.periodic {
+            x.min(self.n - x)
+        } else {
+            x
+        }
+    }
+
+    fn corr(&self, (r1, c1): (usize, usize), (r2, c2): (usize, usize)) -> f64 {
+        self.table[self.dist(r1, r2)] * self.table[self.dist(c1, c2)]
+    }
+
+    /// `background` corrected at the sensors: `observed[c * points + j]` is channel `c` at point
+    /// `j`. Returns the analysed field.
+    pub fn analyse(&self, background: &[f32], observed: &[f32]) -> Result<Vec<f32>, AnalysisError> {
+        let (n, channels) = (self.n, self.channels);
+        let cells = n * n;
+        let m = self.points.len();
+        if background.len() != channels * cells {
+            return Err(AnalysisError::Shape(format!(
+                "background of {} values for {channels} × {n} × {n}",
+                background.len()
+            )));
+        }
+        if observed.len() != channels * m {
+            return Err(AnalysisError::Shape(format!(
+                "{} observed values for {channels} channel(s) at {m} point(s)",
+                observed.len()
+            )));
+        }
+        let mut out = background.to_vec();
+        let Some(chol) = &self.chol else {
+            return Ok(out);
+        };
+        // the correction spreads along rows and columns separately: weights per sensor, then
+        // for each cell the sum over sensors of table[dr]·table[dc]·w
+        let mut rows = vec![0.0f64; n];
+        for ch in 0..channels {
+            let innovation = DVector::<f64>::from_fn(m, |j, _| {
+                let (r, c) = self.points[j];
+                observed[ch * m + j] as f64 - background[ch * cells + r * n + c] as f64
+            });
+            let w = chol.solve(&innovation);
+            let field = &mut out[ch * cells..(ch + 1) * cells];
+            for col in 0..n {
+                rows.iter_mut().for_each(|x| *x = 0.0);
+                for (&(r, c), wj) in self.points.iter().zip(w.iter()) {
+                    let g = self.table[self.dist(col, c)] * wj;
+                    if g == 0.0 {
+                        continue;
+                    }
+                    for (row, x) in rows.iter_mut().enumerate() {
+                        *x += self.table[self.dist(row, r)] * g;
+                    }
+                }
+                for (row, x) in rows.iter().enumerate() {
+                    field[row * n + col] += *x as f32;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A field of `channels × n × n` (row-major, `[c][row][col]`) analysed from observations at
 /// `points` (`(row, col)` cells): `observed[c * points.len() + j]` is channel `c` at point `j`.
+/// [`Analyser`] keeps the factorisation for a station's next frames.
 pub fn analyse(
     background: &[f32],
     channels: usize,
@@ -59,66 +185,7 @@ pub fn analyse(
     observed: &[f32],
     cfg: &OiConfig,
 ) -> Result<Vec<f32>, AnalysisError> {
-    let cells = n * n;
-    let m = points.len();
-    if background.len() != channels * cells {
-        return Err(AnalysisError::Shape(format!(
-            "background of {} values for {channels} × {n} × {n}",
-            background.len()
-        )));
-    }
-    if observed.len() != channels * m {
-        return Err(AnalysisError::Shape(format!(
-            "{} observed values for {channels} channel(s) at {m} point(s)",
-            observed.len()
-        )));
-    }
-    if let Some(&(r, c)) = points.iter().find(|&&(r, c)| r >= n || c >= n) {
-        return Err(AnalysisError::Shape(format!(
-            "sensor at ({r}, {c}) lies outside the {n} × {n} grid"
-        )));
-    }
-    if !(cfg.length_cells > 0.0 && cfg.obs_to_background >= 0.0) {
-        return Err(AnalysisError::Shape(format!(
-            "length_cells must be positive and obs_to_background not negative: {cfg:?}"
-        )));
-    }
-    let mut out = background.to_vec();
-    if m == 0 {
-        return Ok(out);
-    }
-    let d = |a: usize, b: usize| {
-        let x = a.abs_diff(b);
-        if cfg.periodic { x.min(n - x) } else { x }
-    };
-    let corr = |(r1, c1): (usize, usize), (r2, c2): (usize, usize)| {
-        let (dr, dc) = (d(r1, r2) as f64, d(c1, c2) as f64);
-        (-(dr * dr + dc * dc) / (2.0 * cfg.length_cells * cfg.length_cells)).exp()
-    };
-    // H B Hᵀ + R, the same for every channel
-    let mut s = DMatrix::<f64>::from_fn(m, m, |i, j| corr(points[i], points[j]));
-    for i in 0..m {
-        s[(i, i)] += cfg.obs_to_background;
-    }
-    let chol = s.cholesky().ok_or(AnalysisError::Singular)?;
-    for ch in 0..channels {
-        let field = &mut out[ch * cells..(ch + 1) * cells];
-        let innovation = DVector::<f64>::from_fn(m, |j, _| {
-            let (r, c) = points[j];
-            observed[ch * m + j] as f64 - background[ch * cells + r * n + c] as f64
-        });
-        let w = chol.solve(&innovation);
-        for (cell, v) in field.iter_mut().enumerate() {
-            let here = (cell / n, cell % n);
-            let gain: f64 = points
-                .iter()
-                .zip(w.iter())
-                .map(|(&p, wj)| corr(here, p) * wj)
-                .sum();
-            *v += gain as f32;
-        }
-    }
-    Ok(out)
+    Analyser::new(channels, n, points, cfg)?.analyse(background, observed)
 }
 
 #[cfg(test)]

@@ -8,6 +8,15 @@
 //! the deployed `α` is re-read when its fit on the latest `K` frames grows past a bound (the regime
 //! drifted).
 //!
+//! Sparse sensors ([`Forecaster::push_points`]): the model steps whole fields, so a frame that
+//! sees only some cells is first made whole by optimal interpolation
+//! ([`crate::twin::analysis`]). Its background is the forecast for that frame when there is one
+//! (the previous forecast covers it), else the deployed model (the anchor before the first
+//! readout) rolled from the latest frame held, else the family's mean state. The readout then
+//! counts the prefix error at the observed cells only (those observed in every frame it
+//! compares). A mean-state analysis is too rough to start a prefix from (its error is several
+//! times a model background's): the first readout waits until the window holds none.
+//!
 //! Gaps: a frame that is more than `reorder_window` sequence numbers ahead of the one awaited
 //! gives up on the missing ones (counted as lost) and restarts the prefix at the earliest frame
 //! held, because the model needs consecutive frames. Duplicates and frames older than the one
@@ -15,7 +24,10 @@
 //! with a clear error, and the forecaster keeps serving on what it had.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
+
+use super::analysis::{Analyser, AnalysisError, OiConfig};
 
 use crate::ccm::prefix::{Helper, Observation, PrefixConfig, PrefixError, read_prefix_parallel};
 use crate::ccm::{Interval, Line, WeightSet};
@@ -99,6 +111,14 @@ pub enum ForecastError {
     /// The readout failed (every candidate unstable, for instance).
     #[error(transparent)]
     Readout(#[from] PrefixError<InferError>),
+    /// A sparse frame could not be made whole.
+    #[error("frame {seq}: {source}")]
+    Analysis {
+        /// Its sequence number.
+        seq: u32,
+        /// Why.
+        source: AnalysisError,
+    },
     /// The bundle's experts do not share a layout.
     #[error(transparent)]
     Layout(#[from] crate::ccm::LayoutMismatch),
@@ -194,6 +214,42 @@ pub struct ForecasterCounters {
     pub forecasts: u64,
     /// Forecasts withheld (unstable rollouts).
     pub withheld: u64,
+    /// Sparse frames made whole by the analysis.
+    pub analysed: u64,
+}
+
+/// Where the background of a sparse frame's analysis came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Background {
+    /// The forecast for that frame.
+    Forecast,
+    /// The deployed model (the anchor before the first readout) rolled from the latest frame
+    /// held, when no forecast covers the frame.
+    Model,
+    /// The family's mean state (nothing held yet).
+    MeanState,
+}
+
+impl Background {
+    /// A short name for logs and the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Background::Forecast => "forecast",
+            Background::Model => "model step",
+            Background::MeanState => "mean state",
+        }
+    }
+}
+
+/// A frame held: sequence number, timestamp, the whole field, and which of its values were
+/// observed (`None`: all of them).
+struct Held {
+    seq: u32,
+    ts: u64,
+    values: Vec<f32>,
+    mask: Option<Arc<[bool]>>,
+    /// For a sparse frame, its analysis's background.
+    background: Option<Background>,
 }
 
 /// What a frame led to.
@@ -220,14 +276,26 @@ pub struct Forecaster<B: Backend> {
     line: Line,
     coordinate: Box<dyn Fn(f64) -> f64 + Send>,
     buffer: WeightSet,
-    /// Last `K` consecutive frames: (seq, timestamp, values).
-    window: VecDeque<(u32, u64, Vec<f32>)>,
+    /// Last `K` consecutive frames.
+    window: VecDeque<Held>,
     /// Frames ahead of the awaited one.
-    pending: BTreeMap<u32, (u64, Vec<f32>)>,
+    pending: BTreeMap<u32, Held>,
     awaited: Option<u32>,
     deployment: Option<Deployment>,
     forecast: Vec<f32>,
+    /// The frame the forecast in `forecast` starts from, while it is intact.
+    forecast_base: Option<u32>,
     prefix_frames: Vec<f32>,
+    /// Cells the readout compares (observed in every frame after the first `T_in`).
+    mask: Vec<bool>,
+    /// The family's mean state, the background of last resort.
+    mean_state: Vec<f32>,
+    /// The analysis of the last sensor layout seen.
+    analyser: Option<(OiConfig, Analyser)>,
+    last_background: Option<Background>,
+    /// The background of the analysis being made.
+    background_buf: Vec<f32>,
+
     frame_dt_us: u64,
     counters: ForecasterCounters,
     /// More runtimes that share the readout's coarse scan, each in a thread.
@@ -249,11 +317,14 @@ impl<B: Backend + Send> Forecaster<B> {
     }
 
     /// A forecaster for `models` running on `backend` (whose template must be one of them).
+    /// The anchor is deployed until the first readout (it steps the backgrounds of sparse
+    /// frames).
     pub fn new(
         models: &FamilyModels,
-        backend: B,
+        mut backend: B,
         opts: ForecasterOptions,
     ) -> Result<Self, ForecastError> {
+        backend.deploy(&models.anchor.weights)?;
         let shape = backend.shape();
         if opts.prefix <= shape.t_in || opts.horizon == 0 {
             return Err(ForecastError::BadFrame {
@@ -280,8 +351,21 @@ impl<B: Backend + Send> Forecaster<B> {
         });
         let family = crate::config::FamilyConfig::builtin(m.family);
         let frame_dt_us = (family.time.frame_dt * 1e6).round() as u64;
+        let cells = shape.n * shape.n;
+        let mean_state = (0..shape.channels)
+            .flat_map(|c| {
+                let v = m.normalization.mean.get(c).copied().unwrap_or(0.0);
+                std::iter::repeat_n(v, cells)
+            })
+            .collect();
         Ok(Forecaster {
             forecast: vec![0.0; opts.horizon * shape.frame_len()],
+            forecast_base: None,
+            mask: Vec::new(),
+            mean_state,
+            analyser: None,
+            last_background: None,
+            background_buf: Vec::new(),
             prefix_frames: Vec::with_capacity(opts.prefix * shape.frame_len()),
             opts,
             backend,
@@ -319,6 +403,16 @@ impl<B: Backend + Send> Forecaster<B> {
         self.frame_dt_us
     }
 
+    /// The latest frame in sequence as the model sees it (for a sparse frame, its analysis).
+    pub fn latest_state(&self) -> Option<&[f32]> {
+        self.window.back().map(|h| h.values.as_slice())
+    }
+
+    /// Where the last sparse frame's background came from.
+    pub fn last_background(&self) -> Option<Background> {
+        self.last_background
+    }
+
     /// Takes one frame (`values`: the whole field, `channels × n × n`, in the model's units).
     pub fn push(
         &mut self,
@@ -326,7 +420,112 @@ impl<B: Backend + Send> Forecaster<B> {
         timestamp_us: u64,
         values: &[f32],
     ) -> Result<Progress<'_>, ForecastError> {
+        self.check_values(seq, values)?;
+        self.accept(
+            Instant::now(),
+            Held {
+                seq,
+                ts: timestamp_us,
+                values: values.to_vec(),
+                mask: None,
+                background: None,
+            },
+        )
+    }
+
+    /// Takes one frame of sparse sensors: `observed[c * points.len() + j]` is channel `c` at the
+    /// cell `points[j]` (`(row, col)`), in the model's units. The frame is made whole by optimal
+    /// interpolation (`oi`; see the module docs for its background) and joins the window with
+    /// its sensor mask.
+    pub fn push_points(
+        &mut self,
+        seq: u32,
+        timestamp_us: u64,
+        points: &[(usize, usize)],
+        observed: &[f32],
+        oi: &OiConfig,
+    ) -> Result<Progress<'_>, ForecastError> {
         let arrived = Instant::now();
+        if let Some(i) = observed.iter().position(|v| !v.is_finite()) {
+            self.counters.bad += 1;
+            return Err(ForecastError::BadFrame {
+                seq,
+                reason: format!("sensor value {i} is not finite ({})", observed[i]),
+            });
+        }
+        let (channels, n) = (self.shape.channels, self.shape.n);
+        let reuse = matches!(&self.analyser, Some((c, a)) if c == oi && a.points() == points);
+        if !reuse {
+            let a = Analyser::new(channels, n, points, oi).map_err(|source| {
+                self.counters.bad += 1;
+                ForecastError::Analysis { seq, source }
+            })?;
+            self.analyser = Some((*oi, a));
+        }
+        let kind = self.background(seq)?;
+        let (_, analyser) = self.analyser.as_ref().expect("set above");
+        let values = analyser
+            .analyse(&self.background_buf, observed)
+            .map_err(|source| ForecastError::Analysis { seq, source })?;
+        let cells = n * n;
+        let mut mask = vec![false; channels * cells];
+        for c in 0..channels {
+            for &(r, col) in points {
+                mask[c * cells + r * n + col] = true;
+            }
+        }
+        self.last_background = Some(kind);
+        self.counters.analysed += 1;
+        self.accept(
+            arrived,
+            Held {
+                seq,
+                ts: timestamp_us,
+                values,
+                mask: Some(mask.into()),
+                background: Some(kind),
+            },
+        )
+    }
+
+    /// Writes the background for frame `seq` into `background_buf`: the forecast for it, else
+    /// the deployed model rolled from the latest frames held, else the mean state.
+    fn background(&mut self, seq: u32) -> Result<Background, ForecastError> {
+        let fl = self.shape.frame_len();
+        let t_in = self.shape.t_in;
+        self.background_buf.clear();
+        if let Some(base) = self.forecast_base {
+            let lead = seq.wrapping_sub(base) as usize;
+            if (1..=self.opts.horizon).contains(&lead) {
+                self.background_buf
+                    .extend_from_slice(&self.forecast[(lead - 1) * fl..lead * fl]);
+                return Ok(Background::Forecast);
+            }
+        }
+        let lead = self
+            .window
+            .back()
+            .map_or(0, |h| seq.wrapping_sub(h.seq) as usize);
+        if self.window.len() >= t_in && (1..=self.opts.horizon).contains(&lead) {
+            self.prefix_frames.clear();
+            for h in self.window.iter().skip(self.window.len() - t_in) {
+                self.prefix_frames.extend_from_slice(&h.values);
+            }
+            // the forecast buffer serves as scratch: no forecast covers this frame
+            self.forecast_base = None;
+            self.backend
+                .roll(&self.prefix_frames, lead, &mut self.forecast)?;
+            let last = &self.forecast[(lead - 1) * fl..lead * fl];
+            if last.iter().all(|x| x.is_finite()) {
+                self.background_buf.extend_from_slice(last);
+                return Ok(Background::Model);
+            }
+        }
+        self.background_buf.extend_from_slice(&self.mean_state);
+        Ok(Background::MeanState)
+    }
+
+    fn check_values(&mut self, seq: u32, values: &[f32]) -> Result<(), ForecastError> {
         let fl = self.shape.frame_len();
         if values.len() != fl {
             self.counters.bad += 1;
@@ -347,9 +546,15 @@ impl<B: Backend + Send> Forecaster<B> {
                 reason: format!("value {i} is not finite ({})", values[i]),
             });
         }
+        Ok(())
+    }
+
+    /// Puts a checked frame in sequence, and forecasts when the window allows.
+    fn accept(&mut self, arrived: Instant, held: Held) -> Result<Progress<'_>, ForecastError> {
+        let seq = held.seq;
         let awaited = *self.awaited.get_or_insert(seq);
         if seq < awaited {
-            let dup = self.window.iter().any(|f| f.0 == seq);
+            let dup = self.window.iter().any(|f| f.seq == seq);
             let kind = if dup { "duplicate" } else { "late" };
             if dup {
                 self.counters.duplicate += 1;
@@ -367,7 +572,7 @@ impl<B: Backend + Send> Forecaster<B> {
                     kind: "duplicate",
                 });
             }
-            self.pending.insert(seq, (timestamp_us, values.to_vec()));
+            self.pending.insert(seq, held);
             if seq - awaited <= self.opts.reorder_window {
                 return Ok(Progress::Held);
             }
@@ -378,30 +583,38 @@ impl<B: Backend + Send> Forecaster<B> {
             self.window.clear();
             self.awaited = Some(first);
         } else {
-            self.pending.insert(seq, (timestamp_us, values.to_vec()));
+            self.pending.insert(seq, held);
         }
         // move every consecutive frame from `pending` into the window
         let mut latest = false;
-        while let Some(entry) = self.awaited.and_then(|a| self.pending.remove_entry(&a)) {
-            let (s, (ts, v)) = entry;
+        while let Some(h) = self.awaited.and_then(|a| self.pending.remove(&a)) {
             if self.window.len() == self.opts.prefix {
                 self.window.pop_front();
             }
-            self.window.push_back((s, ts, v));
+            self.awaited = Some(h.seq.wrapping_add(1));
+            self.window.push_back(h);
             self.counters.accepted += 1;
-            self.awaited = Some(s.wrapping_add(1));
             latest = true;
         }
         if !latest {
             return Ok(Progress::Held);
         }
-        let need = match self.deployment {
-            None => self.opts.prefix,
-            Some(_) => self.shape.t_in, // a nowcast needs only the model's input frames
+        let (need, have) = match self.deployment {
+            // the first prefix starts after the last mean-state analysis
+            None => (
+                self.opts.prefix,
+                self.window
+                    .iter()
+                    .rev()
+                    .take_while(|h| h.background != Some(Background::MeanState))
+                    .count(),
+            ),
+            // a nowcast needs only the model's input frames
+            Some(_) => (self.shape.t_in, self.window.len()),
         };
-        if self.window.len() < need {
+        if have < need {
             return Ok(Progress::Filling {
-                have: self.window.len(),
+                have,
                 need: self.opts.prefix,
             });
         }
@@ -429,15 +642,16 @@ impl<B: Backend + Send> Forecaster<B> {
         let fl = self.shape.frame_len();
         let t_in = self.shape.t_in;
         self.prefix_frames.clear();
-        for (_, _, v) in self.window.iter().skip(self.window.len() - t_in) {
-            self.prefix_frames.extend_from_slice(v);
+        for h in self.window.iter().skip(self.window.len() - t_in) {
+            self.prefix_frames.extend_from_slice(&h.values);
         }
+        self.forecast_base = None;
         self.backend
             .roll(&self.prefix_frames, self.opts.horizon, &mut self.forecast)?;
         timings.rollout_ms = ms(t);
         timings.total_ms = ms(arrived);
-        let (seq, ts, _) = self.window.back().expect("a frame");
-        let (seq, ts) = (*seq, *ts);
+        let last = self.window.back().expect("a frame");
+        let (seq, ts) = (last.seq, last.ts);
         let deployment = self.deployment.as_ref().expect("deployed above");
         if let Some(i) = self.forecast.iter().position(|x| !x.is_finite()) {
             self.counters.withheld += 1;
@@ -448,6 +662,7 @@ impl<B: Backend + Send> Forecaster<B> {
             });
         }
         self.counters.forecasts += 1;
+        self.forecast_base = Some(seq);
         Ok(Progress::Forecast(ForecastView {
             based_on_seq: seq,
             based_on_us: ts,
@@ -460,7 +675,7 @@ impl<B: Backend + Send> Forecaster<B> {
 
     /// Reads `α` from the window (or the known `p`).
     fn read(&mut self) -> Result<Deployment, ForecastError> {
-        let last = self.window.back().map_or(0, |f| f.0);
+        let last = self.window.back().map_or(0, |f| f.seq);
         let readouts = self.deployment.as_ref().map_or(0, |d| d.readouts) + 1;
         match self.opts.readout {
             ReadoutMode::Known { p } => Ok(Deployment {
@@ -472,14 +687,15 @@ impl<B: Backend + Send> Forecaster<B> {
             }),
             ReadoutMode::Prefix => {
                 self.prefix_frames.clear();
-                for (_, _, v) in &self.window {
-                    self.prefix_frames.extend_from_slice(v);
+                for h in &self.window {
+                    self.prefix_frames.extend_from_slice(&h.values);
                 }
+                let masked = self.observed_cells(last)?;
                 let obs = Observation {
                     frames: &self.prefix_frames,
                     frame_len: self.shape.frame_len(),
                     t_in: self.shape.t_in,
-                    mask: None,
+                    mask: masked.then_some(self.mask.as_slice()),
                 };
                 let r = read_prefix_parallel(
                     &self.line,
@@ -507,24 +723,29 @@ impl<B: Backend + Send> Forecaster<B> {
         let (Some(fit), ReadoutMode::Prefix) = (d.fit_error, self.opts.readout) else {
             return Ok(false);
         };
-        let last = self.window.back().map_or(0, |f| f.0);
+        let last = self.window.back().map_or(0, |f| f.seq);
         if last.wrapping_sub(d.read_at_seq) < self.opts.prefix as u32 {
             return Ok(false);
         }
         let fl = self.shape.frame_len();
         let t_in = self.shape.t_in;
         self.prefix_frames.clear();
-        for (_, _, v) in self.window.iter().take(t_in) {
-            self.prefix_frames.extend_from_slice(v);
+        for h in self.window.iter().take(t_in) {
+            self.prefix_frames.extend_from_slice(&h.values);
         }
+        let masked = self.observed_cells(last)?;
         let steps = self.opts.prefix - t_in;
+        self.forecast_base = None; // the check overwrites the forecast
         self.backend
             .roll(&self.prefix_frames, steps, &mut self.forecast)?;
         let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (k, (_, _, v)) in self.window.iter().skip(t_in).enumerate() {
-            for (p, o) in self.forecast[k * fl..(k + 1) * fl].iter().zip(v) {
-                num += (f64::from(*p) - f64::from(*o)).powi(2);
-                den += f64::from(*o).powi(2);
+        for (k, h) in self.window.iter().skip(t_in).enumerate() {
+            let pred = &self.forecast[k * fl..(k + 1) * fl];
+            for (i, (p, o)) in pred.iter().zip(&h.values).enumerate() {
+                if !masked || self.mask[i] {
+                    num += (f64::from(*p) - f64::from(*o)).powi(2);
+                    den += f64::from(*o).powi(2);
+                }
             }
         }
         let err = (num / den.max(f64::MIN_POSITIVE)).sqrt();
@@ -537,6 +758,39 @@ impl<B: Backend + Send> Forecaster<B> {
             }
         }
         Ok(drifted)
+    }
+}
+
+impl<B: Backend> Forecaster<B> {
+    /// Sets `mask` to the values observed in every frame of the window after the first `T_in`
+    /// (those the readout compares); `false` when all of them are whole observed fields.
+    fn observed_cells(&mut self, last: u32) -> Result<bool, ForecastError> {
+        let t_in = self.shape.t_in;
+        let masks: Vec<&Arc<[bool]>> = self
+            .window
+            .iter()
+            .skip(t_in)
+            .filter_map(|h| h.mask.as_ref())
+            .collect();
+        if masks.is_empty() {
+            return Ok(false);
+        }
+        self.mask.clear();
+        self.mask.resize(self.shape.frame_len(), true);
+        for m in masks {
+            for (a, b) in self.mask.iter_mut().zip(m.iter()) {
+                *a &= *b;
+            }
+        }
+        if !self.mask.iter().any(|x| *x) {
+            return Err(ForecastError::BadFrame {
+                seq: last,
+                reason: "the prefix's sparse frames share no observed cell, so no merge can be \
+                         compared with them; keep the station's sensors in place"
+                    .into(),
+            });
+        }
+        Ok(true)
     }
 }
 

@@ -40,6 +40,30 @@ pub struct StationConfig {
     /// A Prometheus-style `GET /metrics` endpoint, when given.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// How sparse sensor frames are made whole (optimal interpolation).
+    #[serde(default)]
+    pub analysis: AnalysisConfig,
+}
+
+/// The optimal interpolation that makes a sparse sensor frame whole
+/// ([`crate::twin::analysis`]); whether distances wrap follows the family's domain.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Correlation length of the background's error, in grid cells.
+    pub length_cells: f64,
+    /// Sensor error variance over background error variance (> 0; small: trust the sensors).
+    pub obs_to_background: f64,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        let d = super::analysis::OiConfig::default();
+        AnalysisConfig {
+            length_cells: d.length_cells,
+            obs_to_background: d.obs_to_background,
+        }
+    }
 }
 
 /// Where the metrics endpoint listens.
@@ -240,6 +264,20 @@ impl StationConfig {
                     .to_string(),
             ),
         }
+        let a = &self.analysis;
+        if !(a.length_cells.is_finite() && a.length_cells > 0.0) {
+            problems.push(format!(
+                "analysis.length_cells: must be positive (got {})",
+                a.length_cells
+            ));
+        }
+        if !(a.obs_to_background.is_finite() && a.obs_to_background > 0.0) {
+            problems.push(format!(
+                "analysis.obs_to_background: must be positive (got {}); a sensor error of zero \
+                 makes two sensors on one cell unsolvable",
+                a.obs_to_background
+            ));
+        }
         if let Some(t) = self.station.readout_threads
             && !(1..=16).contains(&t)
         {
@@ -351,6 +389,11 @@ pub async fn serve(
         });
     }
     let family_cfg = crate::config::FamilyConfig::builtin(cfg.station.family);
+    let oi = super::analysis::OiConfig {
+        length_cells: cfg.analysis.length_cells,
+        obs_to_background: cfg.analysis.obs_to_background,
+        periodic: cfg.station.family.periodic(),
+    };
     let channel_names: Vec<String> = family_cfg
         .channels()
         .iter()
@@ -492,7 +535,7 @@ pub async fn serve(
             }
         };
         counters.frames_received += 1;
-        let values = match dense_values(&frame, &channel_names, family_cfg.grid.n, &station) {
+        let values = match frame_values(&frame, &channel_names, family_cfg.grid.n, &station) {
             Ok(v) => v,
             Err(reason) => {
                 counters.reject(firmware_bridge::RejectReason::ShapeMismatch);
@@ -501,10 +544,17 @@ pub async fn serve(
             }
         };
         let (seq, ts) = (frame.seq, frame.timestamp_us);
+        let sparse = matches!(values, FrameValues::Points { .. });
         // the forecaster computes on a blocking thread; the MQTT event loop keeps running
         let mut f = forecaster.take().expect("returned after every frame");
         let (f, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = match f.push(seq, ts, &values) {
+            let pushed = match &values {
+                FrameValues::Dense(v) => f.push(seq, ts, v),
+                FrameValues::Points { points, observed } => {
+                    f.push_points(seq, ts, points, observed, &oi)
+                }
+            };
+            let outcome = match pushed {
                 Ok(Progress::Forecast(v)) => Ok(Some((
                     v.based_on_seq,
                     v.based_on_us,
@@ -522,6 +572,10 @@ pub async fn serve(
         .await
         .expect("the forecaster does not panic");
         let dt_us = f.frame_dt_us();
+        status.state_from = Some(match (sparse, f.last_background()) {
+            (true, Some(b)) => format!("analysis from {}", b.name()),
+            _ => "observed".to_string(),
+        });
         forecaster = Some(f);
         let (based_on_seq, based_on_us, frames, dep, new_readout, timings) = match outcome {
             Ok(Some(x)) => x,
@@ -629,13 +683,24 @@ fn publish_status(
     )
 }
 
-/// The frame's values as the model's dense `channels × n × n` f32 field, or why not.
-fn dense_values(
+/// A frame's values in the model's layout.
+enum FrameValues {
+    /// The whole `channels × n × n` field.
+    Dense(Vec<f32>),
+    /// Sensor cells `(row, col)` and their values, `[channel][point]`.
+    Points {
+        points: Vec<(usize, usize)>,
+        observed: Vec<f32>,
+    },
+}
+
+/// The frame's values as the model takes them, or why not.
+fn frame_values(
     frame: &firmware_bridge::SensorFrame<'_>,
     channels: &[String],
     n: usize,
     station: &str,
-) -> Result<Vec<f32>, String> {
+) -> Result<FrameValues, String> {
     if frame.station != station {
         return Err(format!(
             "frame {} names station `{}`, this runtime serves `{station}`",
@@ -658,13 +723,26 @@ fn dense_values(
             frame.seq, frame.shape.rows, frame.shape.cols
         ));
     }
-    if !matches!(frame.sampling, Sampling::Dense) {
-        return Err(format!(
-            "frame {}: sparse sensor points are not served yet; send whole fields",
-            frame.seq
-        ));
+    match frame.sampling {
+        Sampling::Dense => Ok(FrameValues::Dense(frame.values.to_vec())),
+        Sampling::Points(p) => {
+            let points: Vec<(usize, usize)> = p
+                .iter()
+                .map(|g| (usize::from(g.row), usize::from(g.col)))
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = points.iter().find(|x| !seen.insert(**x)) {
+                return Err(format!(
+                    "frame {}: sensor point ({}, {}) is listed twice; each cell once",
+                    frame.seq, dup.0, dup.1
+                ));
+            }
+            Ok(FrameValues::Points {
+                points,
+                observed: frame.values.to_vec(),
+            })
+        }
     }
-    Ok(frame.values.to_vec())
 }
 
 /// Raises or clears the alert of `rule` on this forecast (`frames`: steps × channels × n × n).

@@ -258,6 +258,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             username: None,
             password_file: None,
             password_env: None,
+            tls: None,
         },
         station: StationSection {
             id: station.clone(),

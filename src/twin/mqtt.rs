@@ -182,6 +182,14 @@ pub enum MqttError {
     /// The link was closed.
     #[error("the MQTT link is closed")]
     Closed,
+    /// A TLS file cannot be used.
+    #[error("TLS: {}: {reason}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// [`MqttLink::flush`] gave up waiting.
     #[error(
         "{pending} message(s) not yet acknowledged by the MQTT broker at {broker} after {}; {}",
@@ -251,6 +259,8 @@ pub struct LinkOptions {
     pub clean_session: bool,
     /// User name and password sent in every CONNECT (a broker with `allow_anonymous false`).
     pub credentials: Option<Credentials>,
+    /// TLS to the broker ([`TlsFiles::client_config`]); plain TCP when `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LinkOptions {
@@ -272,7 +282,74 @@ impl LinkOptions {
             last_will: None,
             clean_session: true,
             credentials: None,
+            tls: None,
         }
+    }
+}
+
+/// TLS to the broker: the certificate authorities to trust, and this client's own certificate
+/// for a broker that asks for one. The broker's certificate must name the host connected to
+/// (a DNS name, or an IP address such as `127.0.0.1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file of the certificate authorities that may sign the broker's certificate.
+    pub ca_file: std::path::PathBuf,
+    /// PEM file of this client's certificate chain (mutual TLS), with `client_key_file`.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// PEM file of this client's private key.
+    pub client_key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// A rustls client configuration (TLS 1.2 and 1.3, ring's algorithms) that trusts only the
+    /// authorities in `ca_file`; every problem with the files is a [`MqttError::Tls`] naming it.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, MqttError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |path: &std::path::Path, reason: String| MqttError::Tls {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, MqttError> {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(path, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(path, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad(path, "holds no PEM certificate".into()));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca_file)? {
+            roots
+                .add(c)
+                .map_err(|e| bad(&self.ca_file, format!("not a usable CA certificate: {e}")))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&self.ca_file, e.to_string()))?
+        .with_root_certificates(roots);
+        let config = match (&self.client_cert_file, &self.client_key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain = certs(cert)?;
+                let key_der = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| bad(key, format!("no usable PEM private key: {e}")))?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    bad(cert, format!("certificate and key do not go together: {e}"))
+                })?
+            }
+            (Some(p), None) | (None, Some(p)) => {
+                return Err(bad(
+                    p,
+                    "a client certificate needs its key and the key its certificate".into(),
+                ));
+            }
+        };
+        Ok(Arc::new(config))
     }
 }
 
@@ -560,6 +637,11 @@ impl MqttLink {
             .set_inflight(u16::try_from(2 * opts.in_flight + 2).unwrap_or(u16::MAX));
         if let Some(c) = &opts.credentials {
             mqtt.set_credentials(c.username.clone(), c.password.clone());
+        }
+        if let Some(tls) = &opts.tls {
+            mqtt.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+            ));
         }
         if let Some(will) = &opts.last_will {
             mqtt.set_last_will(rumqttc::LastWill::new(
@@ -997,6 +1079,11 @@ fn explain(err: &ConnectionError, max_packet: usize) -> String {
                  credentials and the broker's access rules"
             ),
         },
+        ConnectionError::Tls(e) => format!(
+            "the TLS handshake with the broker failed ({e}); check that the broker's certificate \
+             is signed by a CA in broker.tls.ca_file and names the host connected to, and that \
+             the port is the broker's TLS listener"
+        ),
         ConnectionError::MqttState(StateError::ConnectionAborted) => {
             "the broker closed the connection".into()
         }

@@ -95,6 +95,34 @@ pub struct BrokerConfig {
     /// An environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// TLS to the broker (`[broker.tls]`); plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[broker.tls]`: the files of a TLS connection, relative to the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate authorities that may sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// This client's certificate (PEM), for a broker that asks for one.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files as the MQTT link takes them.
+    pub fn files(&self) -> super::mqtt::TlsFiles {
+        super::mqtt::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -238,6 +266,16 @@ impl StationConfig {
         {
             *file = base.join(&*file);
         }
+        if let Some(tls) = cfg.broker.tls.as_mut() {
+            for file in std::iter::once(&mut tls.ca_file)
+                .chain(tls.client_cert_file.as_mut())
+                .chain(tls.client_key_file.as_mut())
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+        }
         cfg.check().map_err(bad)?;
         Ok(cfg)
     }
@@ -277,6 +315,15 @@ impl StationConfig {
                  makes two sensors on one cell unsolvable",
                 a.obs_to_background
             ));
+        }
+        if let Some(tls) = &b.tls
+            && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+        {
+            problems.push(
+                "broker.tls: client_cert_file and client_key_file go together (mutual TLS), or \
+                 neither"
+                    .to_string(),
+            );
         }
         if let Some(t) = self.station.readout_threads
             && !(1..=16).contains(&t)
@@ -457,6 +504,16 @@ pub async fn serve(
         .map_err(|reason| ServeError::Config {
             path: PathBuf::from("[broker]"),
             reason,
+        })?;
+    link_opts.tls = cfg
+        .broker
+        .tls
+        .as_ref()
+        .map(|t| t.files().client_config())
+        .transpose()
+        .map_err(|e| ServeError::Config {
+            path: PathBuf::from("[broker.tls]"),
+            reason: e.to_string(),
         })?;
     link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
     // a persistent session: the broker queues the station's frames while the runtime reconnects

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -18,6 +18,20 @@ pub struct Mosquitto {
     persistent: bool,
     /// With a user: anonymous clients are refused.
     user: Option<(String, String)>,
+    /// With TLS: the listener speaks only TLS.
+    tls: Option<Tls>,
+}
+
+/// A TLS listener's files (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    /// The CA whose certificates the broker trusts (for client certificates).
+    pub ca: PathBuf,
+    /// The broker's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Whether clients must present a certificate signed by `ca`.
+    pub require_client_cert: bool,
 }
 
 /// The mosquitto binary: on PATH, or in the sbin directories Debian uses.
@@ -48,22 +62,32 @@ fn free_port() -> u16 {
 impl Mosquitto {
     /// A broker without persistence on a free port.
     pub fn start() -> Self {
-        Self::launch(false, None)
+        Self::launch(false, None, None)
+    }
+
+    /// A broker whose only listener speaks TLS with `tls`'s certificate, and admits only `user`
+    /// when one is given.
+    pub fn start_with_tls(tls: Tls, user: Option<(&str, &str)>) -> Self {
+        Self::launch(
+            false,
+            user.map(|(u, p)| (u.to_string(), p.to_string())),
+            Some(tls),
+        )
     }
 
     /// A broker that admits only `user` with `password` (a password file made with Debian's
     /// `mosquitto_passwd`; `allow_anonymous false`).
     pub fn start_with_password(user: &str, password: &str) -> Self {
-        Self::launch(false, Some((user.to_string(), password.to_string())))
+        Self::launch(false, Some((user.to_string(), password.to_string())), None)
     }
 
     /// A broker that saves its state (persistent sessions and their queued messages) when
     /// stopped with [`Self::stop`] and reloads it on [`Self::restart`].
     pub fn start_persistent() -> Self {
-        Self::launch(true, None)
+        Self::launch(true, None, None)
     }
 
-    fn launch(persistent: bool, user: Option<(String, String)>) -> Self {
+    fn launch(persistent: bool, user: Option<(String, String)>, tls: Option<Tls>) -> Self {
         let mut last_log = String::new();
         // Another process may grab the free port between our probe and mosquitto's bind.
         for _ in 0..3 {
@@ -73,6 +97,7 @@ impl Mosquitto {
                 dir: tempfile::tempdir().expect("temp dir"),
                 persistent,
                 user: user.clone(),
+                tls: tls.clone(),
             };
             match m.spawn() {
                 Ok(()) => return m,
@@ -109,6 +134,15 @@ impl Mosquitto {
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
             assert!(status.success(), "mosquitto_passwd failed: {status}");
             conf.push_str(&format!("password_file {}\n", file.display()));
+        }
+        if let Some(tls) = &self.tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                tls.require_client_cert
+            ));
         }
         if self.persistent {
             conf.push_str(&format!(

@@ -73,6 +73,9 @@ enum Command {
     Bridge(twin_cli::BridgeArgs),
     /// Serve a station: frames in over MQTT, CCM readout, forecasts, status and alerts out.
     Serve(twin_cli::ServeArgs),
+    /// Signed model updates: make a signing key, pack a bundle as a signed package, verify one.
+    #[command(subcommand)]
+    Bundle(twin_cli::BundleCmd),
     /// The whole system in one process: broker, a simulated station outside the trained range,
     /// the runtime, and the forecasts scored against the truth as it arrives.
     Demo(twin_cli::DemoArgs),
@@ -248,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bridge(args) => twin_cli::bridge(args),
         Command::Serve(args) => twin_cli::serve(args),
         Command::Demo(args) => twin_cli::demo(args),
+        Command::Bundle(cmd) => twin_cli::bundle(cmd),
         Command::Train(args) => train_cmd::train(args),
         Command::Export(args) => ccm_cli::export(args),
         Command::Inspect(args) => ccm_cli::inspect(args),

@@ -412,3 +412,104 @@ fn write_demo_png(
     );
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum BundleCmd {
+    /// Make an ed25519 signing key: the secret goes to a file (keep it off the stations), the
+    /// public key is printed for the stations' `[updates] keys`.
+    Keygen {
+        /// File for the secret key (created; refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Pack a model bundle directory as a signed update package (a tar file).
+    Pack {
+        /// The bundle (`models/<family>`).
+        #[arg(long)]
+        models: PathBuf,
+        /// Release number; a station installs only releases newer than its own.
+        #[arg(long)]
+        release: u64,
+        /// The secret key file (`bundle keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The package to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a package as a station would: layout, signature against the given public keys,
+    /// checksums, family.
+    Verify {
+        /// The package.
+        package: PathBuf,
+        /// Trusted public keys (hex), one or more.
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+        /// The station's family.
+        #[arg(long)]
+        family: Family,
+    },
+}
+
+pub fn bundle(cmd: BundleCmd) -> Result<()> {
+    use ccm_twin::twin::update;
+    match cmd {
+        BundleCmd::Keygen { out } => {
+            let (secret, public) = update::keygen();
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+            writeln!(f, "{secret}").with_context(|| format!("cannot write {}", out.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600))?;
+            }
+            eprintln!("secret key -> {} (keep it off the stations)", out.display());
+            println!("{public}");
+        }
+        BundleCmd::Pack {
+            models,
+            release,
+            key,
+            out,
+        } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the key {}", key.display()))?;
+            let package = update::pack(&models, release, &update::signing_key(&text)?)?;
+            std::fs::write(&out, &package)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "{} release {release}: {} bytes -> {}",
+                models.display(),
+                package.len(),
+                out.display()
+            );
+        }
+        BundleCmd::Verify {
+            package,
+            keys,
+            family,
+        } => {
+            let bytes = std::fs::read(&package)
+                .with_context(|| format!("cannot read {}", package.display()))?;
+            let v = update::verify(
+                &bytes,
+                &update::TrustedKeys::parse(&keys)?,
+                family,
+                update::DEFAULT_MAX_BYTES,
+            )?;
+            println!(
+                "{}: {} release {}, signed by {}",
+                package.display(),
+                v.family,
+                v.release,
+                v.key
+            );
+        }
+    }
+    Ok(())
+}

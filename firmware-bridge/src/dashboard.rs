@@ -86,6 +86,12 @@ pub struct StatusMessage {
     /// `mean state`); absent before the first frame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_from: Option<String>,
+    /// Release number of the deployed model bundle when it came as a signed update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_release: Option<u64>,
+    /// What the last model update did (installed, or why it was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
 }
 
 impl StatusMessage {
@@ -105,6 +111,8 @@ impl StatusMessage {
             timings: Timings::default(),
             counters: Counters::default(),
             state_from: None,
+            model_release: None,
+            last_update: None,
         }
     }
 }

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod serve;
 pub mod simulator;
+pub mod update;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -43,6 +43,41 @@ pub struct StationConfig {
     /// How sparse sensor frames are made whole (optimal interpolation).
     #[serde(default)]
     pub analysis: AnalysisConfig,
+    /// Signed model updates, when given.
+    #[serde(default)]
+    pub updates: Option<UpdatesConfig>,
+}
+
+/// `[updates]`: where signed model bundles come from, whom to trust, where they are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatesConfig {
+    /// Trusted ed25519 public keys (hex): a package must be signed by one of them.
+    pub keys: Vec<String>,
+    /// The data folder (relative to the config file): installed bundles and the pointer to
+    /// the current one live here, and the runtime writes nowhere else.
+    pub data_dir: PathBuf,
+    /// A folder watched for packages (`*.tar`), relative to the config file; each is moved into
+    /// `taken/` inside it once read (`refused/` when it is a link, unreadable or too large).
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// Accept packages published (QoS 1) on `ccm/<station>/bundle`.
+    #[serde(default)]
+    pub mqtt: bool,
+    /// Largest package accepted, in MiB (default 64).
+    #[serde(default = "default_bundle_mib")]
+    pub max_bundle_mib: u64,
+    /// How often the folder is looked at, in seconds (default 5).
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: f64,
+}
+
+fn default_bundle_mib() -> u64 {
+    super::update::DEFAULT_MAX_BYTES >> 20
+}
+
+fn default_poll_seconds() -> f64 {
+    5.0
 }
 
 /// The optimal interpolation that makes a sparse sensor frame whole
@@ -266,6 +301,13 @@ impl StationConfig {
         {
             *file = base.join(&*file);
         }
+        if let Some(u) = cfg.updates.as_mut() {
+            for dir in std::iter::once(&mut u.data_dir).chain(u.folder.as_mut()) {
+                if dir.is_relative() {
+                    *dir = base.join(&*dir);
+                }
+            }
+        }
         if let Some(tls) = cfg.broker.tls.as_mut() {
             for file in std::iter::once(&mut tls.ca_file)
                 .chain(tls.client_cert_file.as_mut())
@@ -324,6 +366,29 @@ impl StationConfig {
                  neither"
                     .to_string(),
             );
+        }
+        if let Some(u) = &self.updates {
+            if let Err(e) = super::update::TrustedKeys::parse(&u.keys) {
+                problems.push(e.to_string());
+            }
+            if !(u.poll_seconds.is_finite() && u.poll_seconds >= 0.1) {
+                problems.push(format!(
+                    "updates.poll_seconds: at least 0.1 (got {})",
+                    u.poll_seconds
+                ));
+            }
+            if u.max_bundle_mib == 0 || u.max_bundle_mib > 1024 {
+                problems.push(format!(
+                    "updates.max_bundle_mib: 1 to 1024 (got {})",
+                    u.max_bundle_mib
+                ));
+            }
+            if u.folder.is_none() && !u.mqtt {
+                problems.push(
+                    "updates: give a folder to watch, or mqtt = true, or leave [updates] out"
+                        .to_string(),
+                );
+            }
         }
         if let Some(t) = self.station.readout_threads
             && !(1..=16).contains(&t)
@@ -408,6 +473,15 @@ pub enum ServeEvent {
     },
     /// An alert (or all-clear) was published.
     Alert(AlertMessage),
+    /// A model update was installed (the forecaster restarted on it) or refused.
+    Update {
+        /// Whether it was installed.
+        installed: bool,
+        /// Its release, when installed.
+        release: Option<u64>,
+        /// What happened, for the person on duty.
+        message: String,
+    },
 }
 
 struct AlertState {
@@ -422,19 +496,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     events: Option<tokio::sync::mpsc::UnboundedSender<ServeEvent>>,
 ) -> Result<ServeSummary, ServeError> {
-    let models = FamilyModels::load(&cfg.station.models).map_err(|e| ServeError::Models {
-        path: cfg.station.models.clone(),
+    // the installed update, when there is one; the configured bundle otherwise
+    let installed = match &cfg.updates {
+        Some(u) => super::update::current(&u.data_dir, cfg.station.family).unwrap_or_else(|e| {
+            tracing::warn!("{e}; serving the configured bundle");
+            None
+        }),
+        None => None,
+    };
+    let models_dir = match (&installed, &cfg.updates) {
+        (Some(i), Some(u)) => i.path(&u.data_dir),
+        _ => cfg.station.models.clone(),
+    };
+    let models = FamilyModels::load(&models_dir).map_err(|e| ServeError::Models {
+        path: models_dir.clone(),
         reason: e.to_string(),
     })?;
-    if models.manifest.family != cfg.station.family {
-        return Err(ServeError::Models {
-            path: cfg.station.models.clone(),
-            reason: format!(
-                "holds {} experts, the station is configured for {}",
-                models.manifest.family, cfg.station.family
-            ),
-        });
-    }
     let family_cfg = crate::config::FamilyConfig::builtin(cfg.station.family);
     let oi = super::analysis::OiConfig {
         length_cells: cfg.analysis.length_cells,
@@ -447,48 +524,20 @@ pub async fn serve(
         .map(|c| c.to_string())
         .collect();
     let station = cfg.station.id.clone();
-    let model_sha = crate::fno::expert::sha256_hex(
-        &std::fs::read(cfg.station.models.join("manifest.json")).unwrap_or_default(),
-    );
-    let ort = crate::infer::OrtOptions {
-        library: cfg.station.ort_library.clone(),
-        ..Default::default()
-    };
-    let backend = models
-        .backend(cfg.station.runtime, &ort)
-        .map_err(|e| ServeError::Models {
-            path: cfg.station.models.clone(),
-            reason: format!("the {} runtime cannot run it: {e}", cfg.station.runtime),
-        })?;
-    let mode = match cfg.station.p {
-        Some(p) => ReadoutMode::Known { p },
-        None => ReadoutMode::Prefix,
-    };
-    let mut opts = ForecasterOptions::for_bundle(&models, mode);
-    opts.reorder_window = cfg.station.reorder_window;
-    // helpers share the prefix readout's scan; with a known p there is none to share
-    let threads = match cfg.station.p {
-        Some(_) => 1,
-        None => cfg
-            .station
-            .readout_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4))),
-    };
-    let helpers = (1..threads.max(1))
-        .map(|_| models.backend(cfg.station.runtime, &ort))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Models {
-            path: cfg.station.models.clone(),
-            reason: format!("the {} runtime cannot run it: {e}", cfg.station.runtime),
-        })?;
-    let forecaster = Forecaster::new(&models, backend, opts)
-        .map_err(|e| ServeError::Models {
-            path: cfg.station.models.clone(),
-            reason: e.to_string(),
-        })?
-        .with_helpers(helpers);
+    let forecaster = build_forecaster(cfg, &models)?;
+    let updates =
+        match &cfg.updates {
+            Some(u) => Some(super::update::TrustedKeys::parse(&u.keys).map_err(|e| {
+                ServeError::Config {
+                    path: PathBuf::from("[updates]"),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
 
     let topic = |t: Topic| t.for_station(&station).expect("station id checked");
+    let bundle_topic = format!("ccm/{station}/bundle");
     let offline = serde_json::to_vec(&StatusMessage::offline(&station, super::unix_time_us()))
         .expect("status serialises");
     let mut link_opts = LinkOptions::new(
@@ -516,6 +565,15 @@ pub async fn serve(
             reason: e.to_string(),
         })?;
     link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
+    if let Some(u) = cfg.updates.as_ref().filter(|u| u.mqtt) {
+        link_opts
+            .subscriptions
+            .push((bundle_topic.clone(), QoS::AtLeastOnce));
+        // a package is one message: the link must take it whole
+        link_opts.max_packet_size = link_opts
+            .max_packet_size
+            .max(((u.max_bundle_mib << 20) + (64 << 10)) as usize);
+    }
     // a persistent session: the broker queues the station's frames while the runtime reconnects
     link_opts.clean_session = false;
     link_opts.last_will = Some(LastWill {
@@ -537,7 +595,8 @@ pub async fn serve(
         .collect();
     let mut status = StatusMessage {
         family: Some(cfg.station.family.to_string()),
-        model_sha256: Some(model_sha),
+        model_sha256: Some(manifest_sha(&models_dir)),
+        model_release: installed.as_ref().map(|i| i.release),
         state: StationState::Online,
         ..StatusMessage::offline(&station, super::unix_time_us())
     };
@@ -570,15 +629,95 @@ pub async fn serve(
     publish(&mut status, &counters)?;
     let mut forecaster = Some(forecaster);
     tokio::pin!(shutdown);
+    let poll = cfg
+        .updates
+        .as_ref()
+        .filter(|u| u.folder.is_some())
+        .map(|u| Duration::from_secs_f64(u.poll_seconds));
+    let mut ticker = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    enum Next {
+        Message(super::mqtt::Received),
+        Poll,
+    }
     loop {
         // the metrics page follows every frame (the retained status only every cycle)
         if let Some(m) = metrics {
             status.counters = counters.clone();
             m.update(&status);
         }
-        let msg = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => break },
+        let next = tokio::select! {
+            m = rx.recv() => match m { Some(m) => Next::Message(m), None => break },
+            _ = ticker.tick(), if poll.is_some() => Next::Poll,
             () = &mut shutdown => break,
+        };
+        let msg = match next {
+            Next::Message(m) if m.topic != bundle_topic => m,
+            other => {
+                // a model update: from the watched folder, or published on the bundle topic
+                let (Some(u), Some(keys)) = (&cfg.updates, &updates) else {
+                    continue;
+                };
+                let packages = match other {
+                    Next::Message(m) => vec![(format!("a package on {bundle_topic}"), m.payload)],
+                    Next::Poll => match &u.folder {
+                        Some(dir) => take_packages(dir, u.max_bundle_mib << 20),
+                        None => Vec::new(),
+                    },
+                };
+                for (source, package) in packages {
+                    let (release, message) = match apply_update(
+                        u,
+                        keys,
+                        cfg.station.family,
+                        package,
+                    )
+                    .await
+                    {
+                        Ok((inst, models)) => match build_forecaster(cfg, &models) {
+                            Ok(f) => {
+                                forecaster = Some(f);
+                                status.model_sha256 = Some(manifest_sha(&inst.path(&u.data_dir)));
+                                status.model_release = Some(inst.release);
+                                status.alpha = None;
+                                (
+                                    Some(inst.release),
+                                    format!(
+                                        "release {} from {source} installed and serving (signed \
+                                         by {}); the prefix starts again",
+                                        inst.release, inst.key
+                                    ),
+                                )
+                            }
+                            Err(e) => (
+                                None,
+                                format!(
+                                    "release {} from {source} was installed but cannot run \
+                                     ({e}); the previous model keeps serving until a restart",
+                                    inst.release
+                                ),
+                            ),
+                        },
+                        Err(e) => (
+                            None,
+                            format!("{source}: {e}; the current model keeps serving"),
+                        ),
+                    };
+                    if release.is_some() {
+                        tracing::info!(%station, "{message}");
+                    } else {
+                        tracing::warn!(%station, "{message}");
+                    }
+                    status.last_update = Some(message.clone());
+                    emit(ServeEvent::Update {
+                        installed: release.is_some(),
+                        release,
+                        message,
+                    });
+                    publish(&mut status, &counters)?;
+                }
+                continue;
+            }
         };
         let arrived = Instant::now();
         let frame = match firmware_bridge::decode_frame(&msg.payload) {
@@ -718,6 +857,119 @@ pub async fn serve(
         alpha: f.deployment().map(|d| d.alpha),
         readouts: f.deployment().map_or(0, |d| d.readouts),
     })
+}
+
+/// The forecaster for `models` on the station's runtime, with its readout helpers.
+fn build_forecaster(
+    cfg: &StationConfig,
+    models: &FamilyModels,
+) -> Result<Forecaster<Box<dyn crate::infer::Backend + Send>>, ServeError> {
+    let bad = |reason: String| ServeError::Models {
+        path: models.dir.clone(),
+        reason,
+    };
+    if models.manifest.family != cfg.station.family {
+        return Err(bad(format!(
+            "holds {} experts, the station is configured for {}",
+            models.manifest.family, cfg.station.family
+        )));
+    }
+    let ort = crate::infer::OrtOptions {
+        library: cfg.station.ort_library.clone(),
+        ..Default::default()
+    };
+    let runtime = |e: crate::infer::InferError| {
+        bad(format!(
+            "the {} runtime cannot run it: {e}",
+            cfg.station.runtime
+        ))
+    };
+    let backend = models.backend(cfg.station.runtime, &ort).map_err(runtime)?;
+    let mode = match cfg.station.p {
+        Some(p) => ReadoutMode::Known { p },
+        None => ReadoutMode::Prefix,
+    };
+    let mut opts = ForecasterOptions::for_bundle(models, mode);
+    opts.reorder_window = cfg.station.reorder_window;
+    // helpers share the prefix readout's scan; with a known p there is none to share
+    let threads = match cfg.station.p {
+        Some(_) => 1,
+        None => cfg
+            .station
+            .readout_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4))),
+    };
+    let helpers = (1..threads.max(1))
+        .map(|_| models.backend(cfg.station.runtime, &ort))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(runtime)?;
+    Ok(Forecaster::new(models, backend, opts)
+        .map_err(|e| bad(e.to_string()))?
+        .with_helpers(helpers))
+}
+
+/// sha256 of a bundle's manifest file (empty input when unreadable).
+fn manifest_sha(dir: &Path) -> String {
+    crate::fno::expert::sha256_hex(&std::fs::read(dir.join("manifest.json")).unwrap_or_default())
+}
+
+/// Verifies and installs a package off the event loop.
+async fn apply_update(
+    u: &UpdatesConfig,
+    keys: &super::update::TrustedKeys,
+    family: Family,
+    package: Vec<u8>,
+) -> Result<(super::update::Installed, FamilyModels), super::update::UpdateError> {
+    let (keys, data_dir, max) = (keys.clone(), u.data_dir.clone(), u.max_bundle_mib << 20);
+    tokio::task::spawn_blocking(move || {
+        let v = super::update::verify(&package, &keys, family, max)?;
+        super::update::install(&data_dir, &v)
+    })
+    .await
+    .expect("the update task does not panic")
+}
+
+/// The packages (`*.tar`) waiting in `dir`, in name order, each moved into `taken/` once read
+/// (so it is handled once; the status says what became of it). A link, a non-file or an
+/// oversized file is moved into `refused/` unread and comes back empty, its reason in its name.
+fn take_packages(dir: &Path, max_bytes: u64) -> Vec<(String, Vec<u8>)> {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PathBuf> = list
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let meta = std::fs::symlink_metadata(&path);
+        let (verdict, bytes) = match meta {
+            Ok(m) if !m.file_type().is_file() => ("refused", Err("is not a regular file")),
+            Ok(m) if m.len() > max_bytes => ("refused", Err("is over updates.max_bundle_mib")),
+            Ok(_) => match std::fs::read(&path) {
+                Ok(b) => ("taken", Ok(b)),
+                Err(_) => ("refused", Err("cannot be read")),
+            },
+            Err(_) => continue,
+        };
+        let to = dir.join(verdict);
+        let _ = std::fs::create_dir_all(&to);
+        let _ = std::fs::rename(&path, to.join(&name));
+        let source = format!("{} in {}", name, dir.display());
+        match bytes {
+            Ok(b) => out.push((source, b)),
+            Err(why) => {
+                tracing::warn!("model update {source} {why}; moved to refused/");
+                out.push((format!("{source} ({why})"), Vec::new()));
+            }
+        }
+    }
+    out
 }
 
 fn publish_status(

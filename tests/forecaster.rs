@@ -312,3 +312,125 @@ fn sparse_sensors_are_analysed_read_and_forecast() {
         mean_of(&e_anchor)
     );
 }
+
+/// A runtime whose merges blow up on demand (NaN from the second step of a roll), while the
+/// family anchor runs clean: the fault a far extrapolation can cause.
+struct Explosive {
+    inner: TractBackend,
+    anchor: Vec<f32>,
+    anchor_deployed: bool,
+    poison: bool,
+    steps: usize,
+}
+
+impl Backend for Explosive {
+    fn name(&self) -> &'static str {
+        "explosive"
+    }
+    fn shape(&self) -> ccm_twin::infer::StepShape {
+        self.inner.shape()
+    }
+    fn deploy(
+        &mut self,
+        weights: &ccm_twin::ccm::WeightSet,
+    ) -> Result<(), ccm_twin::infer::InferError> {
+        self.anchor_deployed = weights.data() == self.anchor.as_slice();
+        self.steps = 0;
+        self.inner.deploy(weights)
+    }
+    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), ccm_twin::infer::InferError> {
+        self.inner.step(state, out)?;
+        self.steps += 1;
+        if self.poison && !self.anchor_deployed && self.steps >= 2 {
+            out[0] = f32::NAN;
+        }
+        Ok(())
+    }
+}
+
+/// A merge whose rollout blows up: the forecast falls back to the anchor's from the same frame
+/// and says so; with the anchor blowing up too (a physical range no forecast can meet), the
+/// forecast is withheld with a clear error; and the runtime goes on serving afterwards.
+#[test]
+fn a_merge_that_blows_up_falls_back_to_the_anchor() {
+    let (cfg, frames) = truth(P_OOD, 11);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
+    let backend = Explosive {
+        inner: TractBackend::new(models.anchor.clone()).unwrap(),
+        anchor: models.anchor.weights.data().to_vec(),
+        anchor_deployed: false,
+        poison: true,
+        steps: 0,
+    };
+    // a known p: no prefix readout, so the fault shows in the forecast itself
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Known { p: P_OOD });
+    let mut f = Forecaster::new(&models, backend, opts.clone()).unwrap();
+    let k = cfg.time.prefix;
+    let mut fallback = None;
+    for s in 0..k {
+        if let Progress::Forecast(v) = f.push(s as u32, 0, &frames[s * fl..(s + 1) * fl]).unwrap() {
+            assert!(v.frames.iter().all(|x| x.is_finite()));
+            fallback = v.fallback.clone();
+        }
+    }
+    let why = fallback.expect("the forecast fell back to the anchor");
+    assert!(why.contains("blew up") && why.contains("anchor"), "{why}");
+    assert_eq!((f.counters().fallbacks, f.counters().withheld), (1, 0));
+
+    // the same rollout against the anchor alone, from the same frame: identical
+    let mut anchor = TractBackend::with_template_weights(models.anchor.clone()).unwrap();
+    let mut expected = vec![0.0; cfg.time.horizon * fl];
+    anchor
+        .roll(
+            &frames[(k - 1) * fl..k * fl],
+            cfg.time.horizon,
+            &mut expected,
+        )
+        .unwrap();
+    let mut f2 = Forecaster::new(
+        &models,
+        Explosive {
+            inner: TractBackend::new(models.anchor.clone()).unwrap(),
+            anchor: models.anchor.weights.data().to_vec(),
+            anchor_deployed: false,
+            poison: true,
+            steps: 0,
+        },
+        opts.clone(),
+    )
+    .unwrap();
+    for s in 0..k - 1 {
+        f2.push(s as u32, 0, &frames[s * fl..(s + 1) * fl]).unwrap();
+    }
+    match f2
+        .push(k as u32 - 1, 0, &frames[(k - 1) * fl..k * fl])
+        .unwrap()
+    {
+        Progress::Forecast(v) => assert_eq!(v.frames, expected.as_slice()),
+        other => panic!("{other:?}"),
+    }
+
+    // a physical range nothing meets: withheld, named, and the next frame is still taken
+    let strict = ForecasterOptions {
+        range_std: 1e-6,
+        ..opts
+    };
+    let mut f3 = Forecaster::new(
+        &models,
+        TractBackend::new(models.anchor.clone()).unwrap(),
+        strict,
+    )
+    .unwrap();
+    for s in 0..k - 1 {
+        f3.push(s as u32, 0, &frames[s * fl..(s + 1) * fl]).unwrap();
+    }
+    let e = f3
+        .push(k as u32 - 1, 0, &frames[(k - 1) * fl..k * fl])
+        .unwrap_err();
+    assert!(matches!(e, ForecastError::Unstable { .. }), "{e}");
+    assert_eq!(e.counter(), "forecast_withheld");
+    assert!(e.to_string().contains("withheld"), "{e}");
+    assert!(f3.push(k as u32, 0, &frames[k * fl..(k + 1) * fl]).is_err());
+    assert_eq!(f3.counters().withheld, 2);
+}

@@ -92,6 +92,10 @@ pub struct StatusMessage {
     /// What the last model update did (installed, or why it was refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<String>,
+    /// Set when the last forecast is the family anchor's because the merge's rollout blew up:
+    /// why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl StatusMessage {
@@ -113,6 +117,7 @@ impl StatusMessage {
             state_from: None,
             model_release: None,
             last_update: None,
+            fallback: None,
         }
     }
 }

@@ -267,6 +267,7 @@ fn status_message_round_trips_as_json() {
         state_from: Some("analysis from forecast".into()),
         model_release: Some(3),
         last_update: Some("release 3 installed".into()),
+        fallback: None,
     };
     let json = serde_json::to_string_pretty(&status).unwrap();
     assert!(json.contains("\"bad_crc\": 2"), "{json}");

@@ -269,6 +269,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             runtime: opts.runtime,
             ort_library: None,
             readout_threads: None,
+            max_backlog: 16,
         },
         alerts,
         metrics: None,

@@ -65,6 +65,9 @@ pub struct ForecasterOptions {
     pub drift_floor: f64,
     /// The prefix readout's settings.
     pub prefix_config: PrefixConfig,
+    /// A forecast value further than this many training standard deviations from the
+    /// channel's training mean is unphysical: the merge blew up.
+    pub range_std: f64,
 }
 
 impl ForecasterOptions {
@@ -80,6 +83,7 @@ impl ForecasterOptions {
             drift_factor: 2.0,
             drift_floor: 0.02,
             prefix_config: models.prefix_config(),
+            range_std: 20.0,
         }
     }
 }
@@ -122,10 +126,20 @@ pub enum ForecastError {
     /// The bundle's experts do not share a layout.
     #[error(transparent)]
     Layout(#[from] crate::ccm::LayoutMismatch),
-    /// The forecast went non-finite: withheld.
+    /// A frame holds a value that is not a number.
+    #[error("frame {seq}: value {index} is not finite ({value})")]
+    NonFinite {
+        /// Its sequence number.
+        seq: u32,
+        /// Index of the first bad value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The forecast of the merge and the anchor's both went non-finite or unphysical: withheld.
     #[error(
-        "the rollout from frame {seq} went non-finite at step {step}; forecast withheld, the merge \
-         at α = {alpha:+.2} is unstable for this state"
+        "the rollout from frame {seq} went non-finite or out of the physical range at step \
+         {step}, with the merge at α = {alpha:+.2} and with the family anchor; forecast withheld"
     )]
     Unstable {
         /// The frame the rollout started from.
@@ -193,6 +207,25 @@ pub struct ForecastView<'a> {
     pub new_readout: bool,
     /// Durations of the cycle.
     pub timings: CycleTimings,
+    /// Set when the merge's rollout blew up (non-finite, or out of the physical range) and this
+    /// forecast is the family anchor's from the same frame: why.
+    pub fallback: Option<String>,
+}
+
+impl ForecastError {
+    /// A short name for the counters (`duplicate`, `late`, `non_finite`, `bad_frame`,
+    /// `forecast_withheld`, `runtime_error`).
+    pub fn counter(&self) -> &'static str {
+        match self {
+            ForecastError::OutOfOrder { kind, .. } => kind,
+            ForecastError::NonFinite { .. } => "non_finite",
+            ForecastError::BadFrame { .. } | ForecastError::Analysis { .. } => "bad_frame",
+            ForecastError::Unstable { .. } => "forecast_withheld",
+            ForecastError::Infer(_) | ForecastError::Readout(_) | ForecastError::Layout(_) => {
+                "runtime_error"
+            }
+        }
+    }
 }
 
 /// Counters since the forecaster started.
@@ -212,8 +245,10 @@ pub struct ForecasterCounters {
     pub restarts: u64,
     /// Forecasts made.
     pub forecasts: u64,
-    /// Forecasts withheld (unstable rollouts).
+    /// Forecasts withheld (the merge's and the anchor's rollouts both blew up).
     pub withheld: u64,
+    /// Forecasts that fell back to the anchor (the merge's rollout blew up).
+    pub fallbacks: u64,
     /// Sparse frames made whole by the analysis.
     pub analysed: u64,
 }
@@ -290,6 +325,10 @@ pub struct Forecaster<B: Backend> {
     mask: Vec<bool>,
     /// The family's mean state, the background of last resort.
     mean_state: Vec<f32>,
+    /// The family anchor, the fallback when a merge blows up.
+    anchor: WeightSet,
+    /// Per channel: the training mean and standard deviation (the physical range check).
+    channel_stats: Vec<(f32, f32)>,
     /// The analysis of the last sensor layout seen.
     analyser: Option<(OiConfig, Analyser)>,
     last_background: Option<Background>,
@@ -363,6 +402,16 @@ impl<B: Backend + Send> Forecaster<B> {
             forecast_base: None,
             mask: Vec::new(),
             mean_state,
+            anchor: models.anchor.weights.clone(),
+            channel_stats: (0..shape.channels)
+                .map(|c| {
+                    let n = &models.manifest.normalization;
+                    (
+                        n.mean.get(c).copied().unwrap_or(0.0),
+                        n.std.get(c).copied().unwrap_or(1.0),
+                    )
+                })
+                .collect(),
             analyser: None,
             last_background: None,
             background_buf: Vec::new(),
@@ -448,9 +497,10 @@ impl<B: Backend + Send> Forecaster<B> {
         let arrived = Instant::now();
         if let Some(i) = observed.iter().position(|v| !v.is_finite()) {
             self.counters.bad += 1;
-            return Err(ForecastError::BadFrame {
+            return Err(ForecastError::NonFinite {
                 seq,
-                reason: format!("sensor value {i} is not finite ({})", observed[i]),
+                index: i,
+                value: observed[i],
             });
         }
         let (channels, n) = (self.shape.channels, self.shape.n);
@@ -541,9 +591,10 @@ impl<B: Backend + Send> Forecaster<B> {
         }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             self.counters.bad += 1;
-            return Err(ForecastError::BadFrame {
+            return Err(ForecastError::NonFinite {
                 seq,
-                reason: format!("value {i} is not finite ({})", values[i]),
+                index: i,
+                value: values[i],
             });
         }
         Ok(())
@@ -639,7 +690,6 @@ impl<B: Backend + Send> Forecaster<B> {
             self.deployment = Some(d);
         }
         let t = Instant::now();
-        let fl = self.shape.frame_len();
         let t_in = self.shape.t_in;
         self.prefix_frames.clear();
         for h in self.window.iter().skip(self.window.len() - t_in) {
@@ -652,15 +702,28 @@ impl<B: Backend + Send> Forecaster<B> {
         timings.total_ms = ms(arrived);
         let last = self.window.back().expect("a frame");
         let (seq, ts) = (last.seq, last.ts);
-        let deployment = self.deployment.as_ref().expect("deployed above");
-        if let Some(i) = self.forecast.iter().position(|x| !x.is_finite()) {
-            self.counters.withheld += 1;
-            return Err(ForecastError::Unstable {
-                seq,
-                step: i / fl,
-                alpha: deployment.alpha,
-            });
+        let mut fallback = None;
+        if let Some(step) = self.unphysical() {
+            // the merge blew up: the family anchor from the same frames, then the merge back
+            let alpha = self.deployment.as_ref().map_or(0.0, |d| d.alpha);
+            self.backend.deploy(&self.anchor)?;
+            let rolled =
+                self.backend
+                    .roll(&self.prefix_frames, self.opts.horizon, &mut self.forecast);
+            self.backend.deploy(&self.buffer)?;
+            rolled?;
+            if self.unphysical().is_some() {
+                self.counters.withheld += 1;
+                return Err(ForecastError::Unstable { seq, step, alpha });
+            }
+            self.counters.fallbacks += 1;
+            fallback = Some(format!(
+                "the merge at α = {alpha:+.2} blew up at step {step} (non-finite or beyond {} \
+                 training standard deviations); this forecast is the family anchor's",
+                self.opts.range_std
+            ));
         }
+        let deployment = self.deployment.as_ref().expect("deployed above");
         self.counters.forecasts += 1;
         self.forecast_base = Some(seq);
         Ok(Progress::Forecast(ForecastView {
@@ -670,6 +733,7 @@ impl<B: Backend + Send> Forecaster<B> {
             deployment,
             new_readout: due,
             timings,
+            fallback,
         }))
     }
 
@@ -762,6 +826,23 @@ impl<B: Backend + Send> Forecaster<B> {
 }
 
 impl<B: Backend> Forecaster<B> {
+    /// The first step of the forecast holding a non-finite value or one beyond `range_std`
+    /// training standard deviations of its channel's mean.
+    fn unphysical(&self) -> Option<usize> {
+        let fl = self.shape.frame_len();
+        let cells = self.shape.n * self.shape.n;
+        let k = self.opts.range_std as f32;
+        self.forecast.chunks(fl).position(|frame| {
+            frame
+                .chunks(cells)
+                .zip(&self.channel_stats)
+                .any(|(ch, &(mean, std))| {
+                    ch.iter()
+                        .any(|x| !x.is_finite() || (x - mean).abs() > k * std)
+                })
+        })
+    }
+
     /// Sets `mask` to the values observed in every frame of the window after the first `T_in`
     /// (those the readout compares); `false` when all of them are whole observed fields.
     fn observed_cells(&mut self, last: u32) -> Result<bool, ForecastError> {

@@ -223,6 +223,15 @@ pub struct StationSection {
     /// machine's cores, at most 4.
     #[serde(default)]
     pub readout_threads: Option<usize>,
+    /// Frames that may wait while a cycle runs; when more arrive faster than the runtime
+    /// forecasts, the oldest waiting ones are dropped (counted as `shed_backlog`) so the
+    /// forecasts stay current and memory stays bounded. Default 16.
+    #[serde(default = "default_backlog")]
+    pub max_backlog: usize,
+}
+
+fn default_backlog() -> usize {
+    16
 }
 
 fn default_reorder() -> u32 {
@@ -390,6 +399,12 @@ impl StationConfig {
                 );
             }
         }
+        if !(1..=4096).contains(&self.station.max_backlog) {
+            problems.push(format!(
+                "station.max_backlog: 1 to 4096 (got {})",
+                self.station.max_backlog
+            ));
+        }
         if let Some(t) = self.station.readout_threads
             && !(1..=16).contains(&t)
         {
@@ -460,6 +475,8 @@ pub enum ServeEvent {
         readout_ms: f64,
         /// Frame to forecast, ms.
         total_ms: f64,
+        /// Set when the merge blew up and this forecast is the anchor's: why.
+        fallback: Option<String>,
     },
     /// The metrics endpoint listens here.
     Metrics {
@@ -565,6 +582,8 @@ pub async fn serve(
             reason: e.to_string(),
         })?;
     link_opts.subscriptions = vec![(topic(Topic::Frames), QoS::AtLeastOnce)];
+    // the inbox below drains the link at once, so this only absorbs scheduling hiccups
+    link_opts.incoming_capacity = 4 * cfg.station.max_backlog.max(16);
     if let Some(u) = cfg.updates.as_ref().filter(|u| u.mqtt) {
         link_opts
             .subscriptions
@@ -582,7 +601,8 @@ pub async fn serve(
         qos: QoS::AtLeastOnce,
         retain: true,
     });
-    let (link, mut rx) = MqttLink::start_subscriber(link_opts)?;
+    let (link, rx) = MqttLink::start_subscriber(link_opts)?;
+    let mut inbox = Inbox::spawn(rx, bundle_topic.clone(), cfg.station.max_backlog);
 
     let mut counters = Counters::default();
     let mut alerts: Vec<AlertState> = cfg
@@ -646,8 +666,15 @@ pub async fn serve(
             status.counters = counters.clone();
             m.update(&status);
         }
+        let shed = inbox.take_shed();
+        if shed > 0 {
+            *counters
+                .frames_rejected
+                .entry("shed_backlog".into())
+                .or_default() += shed;
+        }
         let next = tokio::select! {
-            m = rx.recv() => match m { Some(m) => Next::Message(m), None => break },
+            m = inbox.next() => match m { Some(m) => Next::Message(m), None => break },
             _ = ticker.tick(), if poll.is_some() => Next::Poll,
             () = &mut shutdown => break,
         };
@@ -733,8 +760,8 @@ pub async fn serve(
         counters.frames_received += 1;
         let values = match frame_values(&frame, &channel_names, family_cfg.grid.n, &station) {
             Ok(v) => v,
-            Err(reason) => {
-                counters.reject(firmware_bridge::RejectReason::ShapeMismatch);
+            Err((counter, reason)) => {
+                count(&mut counters, counter);
                 emit(ServeEvent::Rejected { reason });
                 continue;
             }
@@ -758,10 +785,11 @@ pub async fn serve(
                     v.deployment.clone(),
                     v.new_readout,
                     v.timings,
+                    v.fallback,
                 ))),
                 Ok(Progress::Filling { have, need }) => Err(Ok((have, need))),
                 Ok(Progress::Held) => Ok(None),
-                Err(e) => Err(Err(e.to_string())),
+                Err(e) => Err(Err((e.counter(), e.to_string()))),
             };
             (f, outcome)
         })
@@ -773,15 +801,16 @@ pub async fn serve(
             _ => "observed".to_string(),
         });
         forecaster = Some(f);
-        let (based_on_seq, based_on_us, frames, dep, new_readout, timings) = match outcome {
+        let (based_on_seq, based_on_us, frames, dep, new_readout, timings, fallback) = match outcome
+        {
             Ok(Some(x)) => x,
             Ok(None) => continue,
             Err(Ok((have, need))) => {
                 emit(ServeEvent::Filling { have, need });
                 continue;
             }
-            Err(Err(reason)) => {
-                counters.reject(firmware_bridge::RejectReason::Malformed);
+            Err(Err((counter, reason))) => {
+                count(&mut counters, counter);
                 tracing::warn!(%station, "{reason}");
                 emit(ServeEvent::Rejected { reason });
                 continue;
@@ -821,7 +850,12 @@ pub async fn serve(
             confidence: dep.confidence.map(|c| (c.lo, c.hi)),
             readout_ms: timings.readout_ms,
             total_ms: arrived.elapsed().as_secs_f64() * 1e3,
+            fallback: fallback.clone(),
         });
+        if let Some(why) = &fallback {
+            tracing::warn!(%station, "{why}");
+        }
+        status.fallback = fallback;
         for (rule, state) in cfg.alerts.iter().zip(alerts.iter_mut()) {
             if let Some(a) = check_alert(rule, state, &station, &names, n, &frames, &stamps) {
                 link.publish(
@@ -845,6 +879,13 @@ pub async fn serve(
             frame_to_forecast_ms: Some(arrived.elapsed().as_secs_f64() * 1e3),
         };
         publish(&mut status, &counters)?;
+    }
+    let shed = inbox.take_shed();
+    if shed > 0 {
+        *counters
+            .frames_rejected
+            .entry("shed_backlog".into())
+            .or_default() += shed;
     }
     // clean shutdown: the offline status, then disconnect
     status.state = StationState::Offline;
@@ -1003,34 +1044,125 @@ enum FrameValues {
     },
 }
 
-/// The frame's values as the model takes them, or why not.
+/// The runtime's inbox: a task drains the MQTT link as messages come, keeping at most
+/// `max_backlog` frames and dropping the *oldest* beyond (counted), so a flood costs bounded
+/// memory and the runtime always works on the newest frames; bundle packages wait apart (at
+/// most two; more are dropped) and come first.
+struct Inbox {
+    frames: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<super::mqtt::Received>>>,
+    bundles: tokio::sync::mpsc::Receiver<super::mqtt::Received>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    shed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Inbox {
+    fn spawn(
+        mut rx: tokio::sync::mpsc::Receiver<super::mqtt::Received>,
+        bundle_topic: String,
+        max_backlog: usize,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let frames = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let shed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (btx, bundles) = tokio::sync::mpsc::channel(2);
+        let (f, n, s, c) = (frames.clone(), notify.clone(), shed.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if m.topic == bundle_topic {
+                    if btx.try_send(m).is_err() {
+                        tracing::warn!("a model package arrived while two wait; dropped");
+                    }
+                } else {
+                    let mut q = f.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    while q.len() >= max_backlog.max(1) {
+                        q.pop_front();
+                        s.fetch_add(1, Ordering::Relaxed);
+                    }
+                    q.push_back(m);
+                }
+                n.notify_one();
+            }
+            c.store(true, Ordering::Release);
+            n.notify_one();
+        });
+        Inbox {
+            frames,
+            bundles,
+            notify,
+            shed,
+            closed,
+        }
+    }
+
+    /// The next message (packages first, then the oldest frame kept); `None` once the link is
+    /// closed and everything was taken. Cancel-safe: a message is taken only when returned.
+    async fn next(&mut self) -> Option<super::mqtt::Received> {
+        use std::sync::atomic::Ordering;
+        loop {
+            if let Ok(b) = self.bundles.try_recv() {
+                return Some(b);
+            }
+            if let Some(f) = self
+                .frames
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+            {
+                return Some(f);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Frames dropped since the last call.
+    fn take_shed(&self) -> u64 {
+        self.shed.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Counts a rejection (or a withheld forecast) under `reason`.
+fn count(counters: &mut Counters, reason: &str) {
+    *counters.frames_rejected.entry(reason.into()).or_default() += 1;
+}
+
+/// The frame's values as the model takes them, or (counter name, why) not.
 fn frame_values(
     frame: &firmware_bridge::SensorFrame<'_>,
     channels: &[String],
     n: usize,
     station: &str,
-) -> Result<FrameValues, String> {
+) -> Result<FrameValues, (&'static str, String)> {
+    let shape = |m: String| ("shape_mismatch", m);
     if frame.station != station {
-        return Err(format!(
-            "frame {} names station `{}`, this runtime serves `{station}`",
-            frame.seq, frame.station
+        return Err((
+            "wrong_station",
+            format!(
+                "frame {} names station `{}`, this runtime serves `{station}`",
+                frame.seq, frame.station
+            ),
         ));
     }
     let names = frame.channels.as_slice();
     if names.len() != channels.len() || names.iter().zip(channels).any(|(a, b)| *a != b) {
-        return Err(format!(
+        return Err(shape(format!(
             "frame {}: channels [{}], the model takes [{}]",
             frame.seq,
             names.join(", "),
             channels.join(", ")
-        ));
+        )));
     }
     if usize::from(frame.shape.rows) != n || usize::from(frame.shape.cols) != n {
-        return Err(format!(
+        return Err(shape(format!(
             "frame {}: a {}×{} grid, the model's is {n}×{n}; resample the station's grid onto \
              the model's",
             frame.seq, frame.shape.rows, frame.shape.cols
-        ));
+        )));
     }
     match frame.sampling {
         Sampling::Dense => Ok(FrameValues::Dense(frame.values.to_vec())),
@@ -1041,10 +1173,10 @@ fn frame_values(
                 .collect();
             let mut seen = std::collections::HashSet::new();
             if let Some(dup) = points.iter().find(|x| !seen.insert(**x)) {
-                return Err(format!(
+                return Err(shape(format!(
                     "frame {}: sensor point ({}, {}) is listed twice; each cell once",
                     frame.seq, dup.0, dup.1
-                ));
+                )));
             }
             Ok(FrameValues::Points {
                 points,

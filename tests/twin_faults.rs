@@ -1,0 +1,182 @@
+//! Faults injected into a serving runtime over Mosquitto: random bytes, truncated frames, bad
+//! CRCs, the wrong grid, another station's frames, duplicates, reordered and late frames, then a
+//! flood faster than the runtime forecasts. Every bad frame is refused and counted by reason,
+//! the runtime keeps forecasting on the good ones, the flood is shed oldest-first (counted) so
+//! the forecasts stay current, and memory stays bounded.
+//!
+//! `CCM_TWIN_FLOOD_FRAMES` sets the flood's length (default 300; the documented soak runs use
+//! thousands).
+
+mod mqtt_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ccm_twin::config::{Family, FamilyConfig};
+use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
+use ccm_twin::twin::serve::{ServeEvent, StationConfig, serve};
+use ccm_twin::twin::simulator::{SimulatorOptions, StationSimulator};
+use firmware_bridge::topic::Topic;
+use mqtt_support::Mosquitto;
+use rand::{Rng, SeedableRng};
+
+const STATION: &str = "st-faults";
+
+/// Resident memory of this process in MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_are_counted_and_a_flood_is_shed_while_forecasts_go_on() {
+    let broker = Mosquitto::start();
+    let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    cfg.broker.port = broker.port();
+    cfg.station.id = STATION.into();
+    cfg.alerts.clear();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        serve(
+            &cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(ev_tx),
+        )
+        .await
+    });
+    let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "faults-station")).unwrap();
+    assert!(link.wait_connected(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the runtime subscribes
+    let send = |bytes: Vec<u8>| link.publish_to(Topic::Frames, STATION, bytes).unwrap();
+    let family = FamilyConfig::builtin(Family::DamBreak);
+    let flood: u32 = std::env::var("CCM_TWIN_FLOOD_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut sim =
+        StationSimulator::new(&family, SimulatorOptions::new(STATION, 0.0125, 4)).unwrap();
+    let frames: Vec<Vec<u8>> = (0..8)
+        .map(|_| sim.next_frame().unwrap().encode().unwrap())
+        .collect();
+    // a forecast for frame `seq` (skipping the others), or a panic after `wait`
+    // (frame-to-forecast latencies, ms, are collected on the way)
+    async fn forecast_for(
+        events: &mut tokio::sync::mpsc::UnboundedReceiver<ServeEvent>,
+        seq: u32,
+        wait: Duration,
+        latencies: &mut Vec<f64>,
+    ) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ServeEvent::Forecast {
+                    based_on_seq,
+                    total_ms,
+                    ..
+                })) => {
+                    latencies.push(total_ms);
+                    if based_on_seq == seq {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => continue,
+                other => panic!("no forecast from frame {seq}: {other:?}"),
+            }
+        }
+    }
+
+    // the prefix, then a forecast
+    for f in &frames[..4] {
+        send(f.clone());
+    }
+    let mut latencies = Vec::new();
+    forecast_for(&mut events, 3, Duration::from_secs(60), &mut latencies).await;
+
+    // garbage of every kind
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let random: Vec<u8> = (0..200).map(|_| rng.random()).collect();
+    send(random);
+    send(frames[4][..frames[4].len() / 2].to_vec());
+    let mut crc = frames[4].clone();
+    let at = crc.len() - 100;
+    crc[at] ^= 0x5a;
+    send(crc);
+    let mut tiny = family.clone();
+    tiny.grid.n = 16;
+    tiny.grid.solve_n = Some(16);
+    let mut small = StationSimulator::new(&tiny, SimulatorOptions::new(STATION, 0.03, 1)).unwrap();
+    send(small.next_frame().unwrap().encode().unwrap());
+    let mut other =
+        StationSimulator::new(&family, SimulatorOptions::new("st-other", 0.03, 1)).unwrap();
+    send(other.next_frame().unwrap().encode().unwrap());
+    // a duplicate, two frames swapped, and one that comes too late
+    send(frames[4].clone());
+    send(frames[4].clone());
+    send(frames[6].clone());
+    send(frames[5].clone());
+    send(frames[2].clone());
+    send(frames[7].clone());
+    forecast_for(&mut events, 7, Duration::from_secs(60), &mut latencies).await;
+    latencies.clear(); // the flood's alone from here
+
+    // a flood, as fast as the link takes it
+    let before = rss_mib();
+    let started = Instant::now();
+    let last = 8 + flood - 1;
+    for _ in 8..=last {
+        send(sim.next_frame().unwrap().encode().unwrap());
+    }
+    link.flush(Duration::from_secs(60)).await.unwrap();
+    let sent_in = started.elapsed();
+    forecast_for(&mut events, last, Duration::from_secs(120), &mut latencies).await;
+    let after = rss_mib();
+    let _ = stop_tx.send(());
+    let summary = server.await.unwrap().unwrap();
+    let c = &summary.counters;
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "{flood} frames flooded in {sent_in:?}; counters {c:?}; RSS {before:.1} → {after:.1} MiB; \
+         frame-to-forecast latency over {} forecasts: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        pct(0.5),
+        pct(0.95),
+        pct(1.0)
+    );
+    let rejected = |reason: &str| c.frames_rejected.get(reason).copied().unwrap_or(0);
+    // the garbage: the random bytes fail the magic (or another header check), the rest by name
+    let header_failures: u64 = ["bad_magic", "truncated", "unsupported_version", "malformed"]
+        .iter()
+        .map(|r| rejected(r))
+        .sum();
+    assert!(header_failures >= 2, "random and truncated: {c:?}");
+    assert_eq!(rejected("bad_crc"), 1, "{c:?}");
+    assert_eq!(rejected("shape_mismatch"), 1, "{c:?}");
+    assert_eq!(rejected("wrong_station"), 1, "{c:?}");
+    assert_eq!(rejected("duplicate"), 1, "{c:?}");
+    assert_eq!(rejected("late"), 1, "{c:?}");
+    // the flood was shed, the runtime kept up with the newest frames
+    assert!(rejected("shed_backlog") > 0, "{c:?}");
+    assert!(
+        c.forecasts_published >= 5,
+        "forecasts from frames 3 to 7 and the flood's last: {c:?}"
+    );
+    assert!(
+        c.forecasts_published + rejected("shed_backlog") <= u64::from(last) + 1,
+        "{c:?}"
+    );
+    assert!(
+        after - before < 64.0,
+        "memory grew by {:.1} MiB over the flood",
+        after - before
+    );
+    link.close().await;
+}

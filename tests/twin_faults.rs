@@ -180,3 +180,215 @@ async fn bad_frames_are_counted_and_a_flood_is_shed_while_forecasts_go_on() {
     );
     link.close().await;
 }
+
+/// A soak: a station streaming at a pace the runtime keeps up with (faster than real time: the
+/// dam break's frames are 0.5 s apart). Every frame from the K-th on gets its forecast, none is
+/// shed, and memory stays within a bound after the warm-up; the latency percentiles are
+/// printed. `CCM_TWIN_SOAK_FRAMES` (default 150) and `CCM_TWIN_SOAK_INTERVAL_MS` (default 150)
+/// set the length and pace; docs/RELIABILITY.md gives the long run's command and figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_paced_stream_gets_every_forecast_in_bounded_memory() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let frames = env("CCM_TWIN_SOAK_FRAMES", 150) as u32;
+    let interval = Duration::from_millis(env("CCM_TWIN_SOAK_INTERVAL_MS", 150));
+    let broker = Mosquitto::start();
+    let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    cfg.broker.port = broker.port();
+    cfg.station.id = "st-soak".into();
+    // room for the frames that arrive during a re-read of α (about 1 s at this pace)
+    cfg.station.max_backlog = 64;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        serve(
+            &cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(ev_tx),
+        )
+        .await
+    });
+    let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "soak-station")).unwrap();
+    assert!(link.wait_connected(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let family = FamilyConfig::builtin(Family::DamBreak);
+    let mut sim =
+        StationSimulator::new(&family, SimulatorOptions::new("st-soak", 0.0125, 5)).unwrap();
+    let k = family.time.prefix as u32;
+    let started = Instant::now();
+    let mut next = tokio::time::Instant::now();
+    let mut latencies = Vec::new();
+    let mut got = std::collections::BTreeSet::new();
+    let (mut warm_rss, mut peak_rss) = (f64::NAN, 0.0f64);
+    for seq in 0..frames {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        link.publish_to(
+            Topic::Frames,
+            "st-soak",
+            sim.next_frame().unwrap().encode().unwrap(),
+        )
+        .unwrap();
+        while let Ok(ev) = events.try_recv() {
+            if let ServeEvent::Forecast {
+                based_on_seq,
+                total_ms,
+                ..
+            } = ev
+            {
+                got.insert(based_on_seq);
+                latencies.push(total_ms);
+            }
+        }
+        if seq == frames.min(50) - 1 {
+            warm_rss = rss_mib();
+        }
+        peak_rss = peak_rss.max(rss_mib());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < (frames - k + 1) as usize {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ServeEvent::Forecast {
+                based_on_seq,
+                total_ms,
+                ..
+            })) => {
+                got.insert(based_on_seq);
+                latencies.push(total_ms);
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = stop_tx.send(());
+    let summary = server.await.unwrap().unwrap();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "soak: {frames} frames ({:.0} s of station time) in {:.0} s; {} forecasts; counters {:?}; \
+         RSS after warm-up {warm_rss:.1} MiB, peak {peak_rss:.1} MiB; frame-to-forecast latency \
+         p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        f64::from(frames) * family.time.frame_dt,
+        started.elapsed().as_secs_f64(),
+        got.len(),
+        summary.counters,
+        pct(0.5),
+        pct(0.95),
+        pct(0.99),
+        pct(1.0)
+    );
+    let missing: Vec<u32> = (k - 1..frames).filter(|s| !got.contains(s)).collect();
+    assert!(missing.is_empty(), "no forecast from frames {missing:?}");
+    assert!(
+        summary.counters.frames_rejected.is_empty(),
+        "{:?}",
+        summary.counters
+    );
+    assert!(
+        peak_rss - warm_rss < 32.0,
+        "memory grew {:.1} MiB after the warm-up",
+        peak_rss - warm_rss
+    );
+    link.close().await;
+}
+
+/// The broker restarts mid-stream (Mosquitto with persistence, stopped and started again): the
+/// runtime reconnects and resubscribes, the forecasts go on, a subscriber with a persistent
+/// session receives every forecast the runtime published (QoS 1, none lost across the restart),
+/// and the status counts the reconnection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_no_forecast() {
+    let mut broker = Mosquitto::start_persistent();
+    let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    cfg.broker.port = broker.port();
+    cfg.station.id = "st-restart".into();
+    cfg.alerts.clear();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        serve(
+            &cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(ev_tx),
+        )
+        .await
+    });
+    let mut observer = mqtt_support::Subscriber::connect(
+        broker.addr(),
+        "ccm/st-restart/forecast",
+        Some("restart-observer"),
+    )
+    .await;
+    let mut opts = LinkOptions::new(broker.addr().into(), "restart-station");
+    opts.retry_min = Duration::from_millis(100);
+    let link = MqttLink::start(opts).unwrap();
+    assert!(link.wait_connected(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let family = FamilyConfig::builtin(Family::DamBreak);
+    let mut sim =
+        StationSimulator::new(&family, SimulatorOptions::new("st-restart", 0.0125, 6)).unwrap();
+    let frames = 24u32;
+    for seq in 0..frames {
+        link.publish_to(
+            Topic::Frames,
+            "st-restart",
+            sim.next_frame().unwrap().encode().unwrap(),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if seq == 10 {
+            broker.restart();
+            observer.wait_subscribed(2, Duration::from_secs(15)).await;
+        }
+    }
+    link.flush(Duration::from_secs(30)).await.unwrap();
+    // the last frame's forecast, then stop
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ServeEvent::Forecast { based_on_seq, .. })) if based_on_seq == frames - 1 => {
+                break;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no forecast from the last frame: {other:?}"),
+        }
+    }
+    let _ = stop_tx.send(());
+    let summary = server.await.unwrap().unwrap();
+    let got = observer.drain(Duration::from_secs(3)).await;
+    let mut seqs: Vec<u32> = got
+        .iter()
+        .map(|m| {
+            firmware_bridge::decode_forecast(&m.payload)
+                .unwrap()
+                .based_on_seq
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    eprintln!(
+        "counters {:?}; the observer got {} distinct forecasts",
+        summary.counters,
+        seqs.len()
+    );
+    assert_eq!(
+        seqs.len() as u64,
+        summary.counters.forecasts_published,
+        "every published forecast reached the persistent subscriber: {seqs:?}"
+    );
+    assert!(summary.counters.forecasts_published >= u64::from(frames - 3) - 2);
+    assert!(
+        summary.counters.broker_reconnects >= 1,
+        "{:?}",
+        summary.counters
+    );
+    link.close().await;
+}

@@ -150,6 +150,9 @@ pub struct Counters {
     pub forecasts_published: u64,
     /// Alerts published (all-clears included).
     pub alerts_published: u64,
+    /// Times the runtime lost its broker connection and connected again.
+    #[serde(default)]
+    pub broker_reconnects: u64,
 }
 
 impl Counters {

@@ -887,6 +887,7 @@ pub async fn serve(
             .entry("shed_backlog".into())
             .or_default() += shed;
     }
+    counters.broker_reconnects = link.stats().connections.saturating_sub(1);
     // clean shutdown: the offline status, then disconnect
     status.state = StationState::Offline;
     publish(&mut status, &counters)?;
@@ -1022,6 +1023,7 @@ fn publish_status(
 ) -> Result<(), MqttError> {
     status.updated_at_us = super::unix_time_us();
     status.counters = counters.clone();
+    status.counters.broker_reconnects = link.stats().connections.saturating_sub(1);
     if let Some(m) = metrics {
         m.update(status);
     }

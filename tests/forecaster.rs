@@ -172,6 +172,50 @@ fn a_gap_past_the_reorder_window_restarts_the_prefix() {
     );
 }
 
+/// Gap policy `fill`: frames lost mid-stream are filled from the forecast made for them, the
+/// window stays continuous (no restart, the next forecast comes from the first frame after the
+/// gap) and no drift check compares a merge with a filled frame; a gap the forecast does not
+/// cover (longer than the horizon) restarts the prefix as `restart` does.
+#[test]
+fn gap_policy_fill_keeps_the_window_with_forecast_frames() {
+    use ccm_twin::twin::forecaster::GapPolicy;
+    let (cfg, frames) = truth(0.03, 13);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let frame = |s: usize| &frames[s * fl..(s + 1) * fl];
+    let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
+    let mut opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Known { p: 0.03 });
+    opts.gap_policy = GapPolicy::Fill;
+    let mut f = Forecaster::new(
+        &models,
+        TractBackend::new(models.anchor.clone()).unwrap(),
+        opts,
+    )
+    .unwrap();
+    for s in 0..4 {
+        f.push(s as u32, s as u64 * 500_000, frame(s)).unwrap();
+    }
+    assert_eq!(f.counters().forecasts, 1);
+    // frames 4 and 5 never arrive; 6..=8 wait in the reorder window (4 ahead of the awaited
+    // frame at most), 9 gives them up
+    for s in 6..9 {
+        assert!(matches!(f.push(s as u32, 0, frame(s)), Ok(Progress::Held)));
+    }
+    match f.push(9, 0, frame(9)).unwrap() {
+        Progress::Forecast(v) => assert_eq!(v.based_on_seq, 9),
+        other => panic!("{other:?}"),
+    }
+    let c = f.counters();
+    assert_eq!((c.lost, c.filled, c.restarts), (2, 2, 0), "{c:?}");
+    // a gap longer than the horizon (20 frames) cannot be filled: restart
+    f.push(10, 0, frame(10)).unwrap();
+    for s in 40..44 {
+        let _ = f.push(s as u32, 0, frame(s % 21));
+    }
+    let _ = f.push(45, 0, frame(3));
+    let c = f.counters();
+    assert_eq!((c.filled, c.restarts), (2, 1), "{c:?}");
+}
+
 #[test]
 fn a_regime_change_mid_stream_is_read_again() {
     // the same reservoir (same seed) under smooth and then rough bed friction: frames 0–3 from

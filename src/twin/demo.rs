@@ -270,6 +270,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             ort_library: None,
             readout_threads: None,
             max_backlog: 16,
+            gap_policy: Default::default(),
         },
         alerts,
         metrics: None,

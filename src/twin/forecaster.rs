@@ -68,6 +68,24 @@ pub struct ForecasterOptions {
     /// A forecast value further than this many training standard deviations from the
     /// channel's training mean is unphysical: the merge blew up.
     pub range_std: f64,
+    /// What to do with frames given up as missing.
+    pub gap_policy: GapPolicy,
+}
+
+/// What happens when frames are given up as missing (more than `reorder_window` sequence
+/// numbers behind the newest, which at a steady frame rate is a time-out of that many frame
+/// intervals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GapPolicy {
+    /// Restart the prefix at the first frame after the gap (the deployed α stays; forecasts go
+    /// on from the next frame).
+    #[default]
+    Restart,
+    /// Fill the missing frames with the forecast made for them, when the last forecast covers
+    /// them, so the window stays continuous (a filled frame is never compared with a merge:
+    /// no drift check runs while one is in the window); restart otherwise.
+    Fill,
 }
 
 impl ForecasterOptions {
@@ -84,6 +102,7 @@ impl ForecasterOptions {
             drift_floor: 0.02,
             prefix_config: models.prefix_config(),
             range_std: 20.0,
+            gap_policy: GapPolicy::Restart,
         }
     }
 }
@@ -241,6 +260,8 @@ pub struct ForecasterCounters {
     pub bad: u64,
     /// Sequence numbers given up as missing.
     pub lost: u64,
+    /// Missing frames filled from the forecast (policy `fill`).
+    pub filled: u64,
     /// Prefix restarts after a gap.
     pub restarts: u64,
     /// Forecasts made.
@@ -285,6 +306,8 @@ struct Held {
     mask: Option<Arc<[bool]>>,
     /// For a sparse frame, its analysis's background.
     background: Option<Background>,
+    /// A stand-in from the forecast for a frame that never came.
+    filled: bool,
 }
 
 /// What a frame led to.
@@ -334,6 +357,8 @@ pub struct Forecaster<B: Backend> {
     last_background: Option<Background>,
     /// The background of the analysis being made.
     background_buf: Vec<f32>,
+    /// The caller dropped frames: the next gap is final at once.
+    gap_expected: bool,
 
     frame_dt_us: u64,
     counters: ForecasterCounters,
@@ -415,6 +440,7 @@ impl<B: Backend + Send> Forecaster<B> {
             analyser: None,
             last_background: None,
             background_buf: Vec::new(),
+            gap_expected: false,
             prefix_frames: Vec::with_capacity(opts.prefix * shape.frame_len()),
             opts,
             backend,
@@ -457,6 +483,13 @@ impl<B: Backend + Send> Forecaster<B> {
         self.window.back().map(|h| h.values.as_slice())
     }
 
+    /// Tells the forecaster that frames were dropped before reaching it (the runtime shed a
+    /// backlog): the next gap in the sequence is given up at once instead of waiting for the
+    /// reorder window, so the frames after it are forecast without delay.
+    pub fn expect_gap(&mut self) {
+        self.gap_expected = true;
+    }
+
     /// Where the last sparse frame's background came from.
     pub fn last_background(&self) -> Option<Background> {
         self.last_background
@@ -478,6 +511,7 @@ impl<B: Backend + Send> Forecaster<B> {
                 values: values.to_vec(),
                 mask: None,
                 background: None,
+                filled: false,
             },
         )
     }
@@ -534,8 +568,38 @@ impl<B: Backend + Send> Forecaster<B> {
                 values,
                 mask: Some(mask.into()),
                 background: Some(kind),
+                filled: false,
             },
         )
+    }
+
+    /// Fills the frames `from..to` from the forecast of the latest frame in the window, when it
+    /// covers them; `false` (nothing changed) when it does not.
+    fn fill(&mut self, from: u32, to: u32) -> bool {
+        let (Some(base), Some(last)) = (self.forecast_base, self.window.back()) else {
+            return false;
+        };
+        let lead_last = to.wrapping_sub(1).wrapping_sub(base) as usize;
+        if last.seq != base || from.wrapping_sub(base) != 1 || lead_last > self.opts.horizon {
+            return false;
+        }
+        let (fl, ts) = (self.shape.frame_len(), last.ts);
+        for seq in from..to {
+            let lead = seq.wrapping_sub(base) as usize;
+            if self.window.len() == self.opts.prefix {
+                self.window.pop_front();
+            }
+            self.window.push_back(Held {
+                seq,
+                ts: ts + lead as u64 * self.frame_dt_us,
+                values: self.forecast[(lead - 1) * fl..lead * fl].to_vec(),
+                mask: None,
+                background: None,
+                filled: true,
+            });
+        }
+        self.counters.filled += u64::from(to - from);
+        true
     }
 
     /// Writes the background for frame `seq` into `background_buf`: the forecast for it, else
@@ -624,14 +688,18 @@ impl<B: Backend + Send> Forecaster<B> {
                 });
             }
             self.pending.insert(seq, held);
-            if seq - awaited <= self.opts.reorder_window {
+            if seq - awaited <= self.opts.reorder_window && !self.gap_expected {
                 return Ok(Progress::Held);
             }
-            // give up on the missing frames: restart the prefix at the earliest held frame
+            self.gap_expected = false;
+            // give up on the missing frames: fill them from the forecast (policy `fill`, when
+            // it covers them), or restart the prefix at the earliest held frame
             let first = *self.pending.keys().next().expect("just inserted");
             self.counters.lost += u64::from(first - awaited);
-            self.counters.restarts += 1;
-            self.window.clear();
+            if !(self.opts.gap_policy == GapPolicy::Fill && self.fill(awaited, first)) {
+                self.counters.restarts += 1;
+                self.window.clear();
+            }
             self.awaited = Some(first);
         } else {
             self.pending.insert(seq, held);
@@ -677,7 +745,11 @@ impl<B: Backend + Send> Forecaster<B> {
         let mut timings = CycleTimings::default();
         let due = match &self.deployment {
             None => true,
-            Some(d) => self.window.len() == self.opts.prefix && self.drifted(d.clone())?,
+            Some(d) => {
+                self.window.len() == self.opts.prefix
+                    && !self.window.iter().any(|h| h.filled)
+                    && self.drifted(d.clone())?
+            }
         };
         if due {
             let t = Instant::now();

@@ -228,6 +228,10 @@ pub struct StationSection {
     /// forecasts stay current and memory stays bounded. Default 16.
     #[serde(default = "default_backlog")]
     pub max_backlog: usize,
+    /// Frames given up as missing (`reorder_window` behind the newest): `restart` the prefix
+    /// (default), or `fill` them from the forecast made for them when it covers them.
+    #[serde(default)]
+    pub gap_policy: super::forecaster::GapPolicy,
 }
 
 fn default_backlog() -> usize {
@@ -672,6 +676,10 @@ pub async fn serve(
                 .frames_rejected
                 .entry("shed_backlog".into())
                 .or_default() += shed;
+            // the shed frames will not come: no waiting for them in the reorder window
+            if let Some(f) = forecaster.as_mut() {
+                f.expect_gap();
+            }
         }
         let next = tokio::select! {
             m = inbox.next() => match m { Some(m) => Next::Message(m), None => break },
@@ -933,6 +941,7 @@ fn build_forecaster(
     };
     let mut opts = ForecasterOptions::for_bundle(models, mode);
     opts.reorder_window = cfg.station.reorder_window;
+    opts.gap_policy = cfg.station.gap_policy;
     // helpers share the prefix readout's scan; with a known p there is none to share
     let threads = match cfg.station.p {
         Some(_) => 1,

@@ -525,11 +525,24 @@ pub async fn serve(
         }),
         None => None,
     };
-    let models_dir = match (&installed, &cfg.updates) {
+    let mut models_dir = match (&installed, &cfg.updates) {
         (Some(i), Some(u)) => i.path(&u.data_dir),
         _ => cfg.station.models.clone(),
     };
-    let models = FamilyModels::load(&models_dir).map_err(|e| ServeError::Models {
+    let mut loaded = FamilyModels::load(&models_dir);
+    if let (Err(e), Some(i)) = (&loaded, &installed) {
+        // the installed update does not load any more: the configured bundle serves
+        tracing::warn!(
+            "installed release {} at {}: {e}; serving the configured bundle {}",
+            i.release,
+            models_dir.display(),
+            cfg.station.models.display()
+        );
+        models_dir = cfg.station.models.clone();
+        loaded = FamilyModels::load(&models_dir);
+    }
+    let installed = installed.filter(|_| models_dir != cfg.station.models);
+    let models = loaded.map_err(|e| ServeError::Models {
         path: models_dir.clone(),
         reason: e.to_string(),
     })?;

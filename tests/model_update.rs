@@ -338,7 +338,7 @@ async fn next_update(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_installs_signed_updates_from_a_folder_and_mqtt_and_refuses_the_rest() {
     use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
-    use ccm_twin::twin::serve::{ServeEvent, StationConfig, serve};
+    use ccm_twin::twin::serve::{ServeEvent, StationConfig};
     use firmware_bridge::topic::{QoS, Topic};
     use std::time::Duration;
 
@@ -374,22 +374,7 @@ async fn serve_installs_signed_updates_from_a_folder_and_mqtt_and_refuses_the_re
     )
     .unwrap();
     let cfg = StationConfig::load(&config).unwrap();
-    let start = |cfg: StationConfig| {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-        let server = tokio::spawn(async move {
-            serve(
-                &cfg,
-                async {
-                    let _ = stop_rx.await;
-                },
-                Some(ev_tx),
-            )
-            .await
-        });
-        (stop_tx, ev_rx, server)
-    };
-    let (stop, mut events, server) = start(cfg.clone());
+    let (stop, mut events, server) = mqtt_support::spawn_serve(cfg.clone());
     let mut statuses =
         mqtt_support::Subscriber::connect(broker.addr(), "ccm/st-upd/status", None).await;
 
@@ -485,7 +470,7 @@ async fn serve_installs_signed_updates_from_a_folder_and_mqtt_and_refuses_the_re
     );
 
     // a restart serves release 3 (the retained status says so)
-    let (stop, _events, server) = start(cfg);
+    let (stop, _events, server) = mqtt_support::spawn_serve(cfg);
     let mut sub = mqtt_support::Subscriber::connect(broker.addr(), "ccm/st-upd/status", None).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
-use ccm_twin::twin::serve::{ServeEvent, StationConfig, serve};
+use ccm_twin::twin::serve::{ServeEvent, StationConfig};
 use ccm_twin::twin::simulator::{SimulatorOptions, StationSimulator};
 use firmware_bridge::topic::Topic;
 use mqtt_support::Mosquitto;
@@ -40,18 +40,7 @@ async fn bad_frames_are_counted_and_a_flood_is_shed_while_forecasts_go_on() {
     cfg.broker.port = broker.port();
     cfg.station.id = STATION.into();
     cfg.alerts.clear();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
-        serve(
-            &cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Some(ev_tx),
-        )
-        .await
-    });
+    let (stop_tx, mut events, server) = mqtt_support::spawn_serve(cfg);
     let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "faults-station")).unwrap();
     assert!(link.wait_connected(Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(500)).await; // the runtime subscribes
@@ -202,18 +191,7 @@ async fn a_long_paced_stream_gets_every_forecast_in_bounded_memory() {
     cfg.station.id = "st-soak".into();
     // room for the frames that arrive during a re-read of α (about 1 s at this pace)
     cfg.station.max_backlog = 64;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
-        serve(
-            &cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Some(ev_tx),
-        )
-        .await
-    });
+    let (stop_tx, mut events, server) = mqtt_support::spawn_serve(cfg);
     let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "soak-station")).unwrap();
     assert!(link.wait_connected(Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -309,18 +287,7 @@ async fn a_broker_restart_mid_stream_loses_no_forecast() {
     cfg.broker.port = broker.port();
     cfg.station.id = "st-restart".into();
     cfg.alerts.clear();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ev_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
-        serve(
-            &cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Some(ev_tx),
-        )
-        .await
-    });
+    let (stop_tx, mut events, server) = mqtt_support::spawn_serve(cfg);
     let mut observer = mqtt_support::Subscriber::connect(
         broker.addr(),
         "ccm/st-restart/forecast",

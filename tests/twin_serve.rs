@@ -286,7 +286,7 @@ models = "../models/dam_break"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_what_the_runtime_sees() {
     use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
-    use ccm_twin::twin::serve::{MetricsConfig, ServeEvent, serve};
+    use ccm_twin::twin::serve::{MetricsConfig, ServeEvent};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let broker = Mosquitto::start();
@@ -297,18 +297,7 @@ async fn the_metrics_endpoint_counts_what_the_runtime_sees() {
     cfg.metrics = Some(MetricsConfig {
         listen: "127.0.0.1:0".into(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
-        serve(
-            &cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Some(ev_tx),
-        )
-        .await
-    });
+    let (stop_tx, mut ev_rx, server) = mqtt_support::spawn_serve(cfg);
     let addr = loop {
         match tokio::time::timeout(Duration::from_secs(20), ev_rx.recv()).await {
             Ok(Some(ServeEvent::Metrics { addr })) => break addr,

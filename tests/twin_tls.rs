@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ccm_twin::twin::mqtt::{Credentials, LinkOptions, MqttError, MqttLink, TlsFiles};
-use ccm_twin::twin::serve::{ServeEvent, StationConfig, TlsConfig, serve};
+use ccm_twin::twin::serve::{ServeEvent, StationConfig, TlsConfig};
 use firmware_bridge::topic::{QoS, Topic};
 use mqtt_support::mosquitto::Tls;
 use mqtt_support::{Mosquitto, pki::Pki};
@@ -159,18 +159,7 @@ async fn serve_runs_over_tls_with_a_client_certificate_and_a_password() {
             client_key_file: Some(dir.path().join("client.key")),
         })
     );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(async move {
-        serve(
-            &cfg,
-            async {
-                let _ = stop_rx.await;
-            },
-            Some(ev_tx),
-        )
-        .await
-    });
+    let (stop_tx, mut ev_rx, server) = mqtt_support::spawn_serve(cfg);
 
     // the station and a subscriber, each over TLS with the client certificate and the password
     let client = |id: &str| {

@@ -49,6 +49,32 @@ pub fn tiny_toml(family: Family) -> String {
     out
 }
 
+/// `serve` on `cfg` in a task of its own: the sender that stops it, its events, and the task
+/// (which returns what it served).
+pub fn spawn_serve(
+    cfg: ccm_twin::twin::serve::StationConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    mpsc::UnboundedReceiver<ccm_twin::twin::serve::ServeEvent>,
+    tokio::task::JoinHandle<
+        Result<ccm_twin::twin::serve::ServeSummary, ccm_twin::twin::serve::ServeError>,
+    >,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ev_tx, events) = mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        ccm_twin::twin::serve::serve(
+            &cfg,
+            async {
+                let _ = stop_rx.await;
+            },
+            Some(ev_tx),
+        )
+        .await
+    });
+    (stop_tx, events, server)
+}
+
 /// A message received by a [`Subscriber`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msg {

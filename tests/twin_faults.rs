@@ -22,6 +22,11 @@ use rand::{Rng, SeedableRng};
 
 const STATION: &str = "st-faults";
 
+/// The tests here measure the process's resident memory, which the others would add to if they
+/// ran at the same time (the test harness runs a file's tests in threads of one process): each
+/// holds this while it runs.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resident memory of this process in MiB (Linux).
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -35,6 +40,7 @@ fn rss_mib() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_counted_and_a_flood_is_shed_while_forecasts_go_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let broker = Mosquitto::start();
     let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
     cfg.broker.port = broker.port();
@@ -177,6 +183,7 @@ async fn bad_frames_are_counted_and_a_flood_is_shed_while_forecasts_go_on() {
 /// set the length and pace; docs/RELIABILITY.md gives the long run's command and figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_paced_stream_gets_every_forecast_in_bounded_memory() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = |name: &str, default: u64| {
         std::env::var(name)
             .ok()
@@ -282,6 +289,7 @@ async fn a_long_paced_stream_gets_every_forecast_in_bounded_memory() {
 /// and the status counts the reconnection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_loses_no_forecast() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut broker = Mosquitto::start_persistent();
     let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
     cfg.broker.port = broker.port();

@@ -11,7 +11,6 @@ use std::time::Duration;
 use ccm_twin::twin::mqtt::{Credentials, LinkOptions, MqttError, MqttLink, TlsFiles};
 use ccm_twin::twin::serve::{ServeEvent, StationConfig, TlsConfig};
 use firmware_bridge::topic::{QoS, Topic};
-use mqtt_support::mosquitto::Tls;
 use mqtt_support::{Mosquitto, pki::Pki};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,15 +27,7 @@ fn tls_files(ca: &Path, client: Option<(&Path, &Path)>) -> TlsFiles {
 async fn a_link_over_tls_delivers_and_a_wrong_ca_or_plain_tcp_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let broker = Mosquitto::start_with_tls(
-        Tls {
-            ca: pki.ca.clone(),
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
-            require_client_cert: false,
-        },
-        None,
-    );
+    let broker = Mosquitto::start_with_tls(pki.listener(false), None);
     let with = |client: &str, tls: Option<TlsFiles>| {
         let mut opts = LinkOptions::new(broker.addr().into(), client);
         opts.retry_min = Duration::from_millis(50);
@@ -126,15 +117,7 @@ fn unusable_tls_files_are_named() {
 async fn serve_runs_over_tls_with_a_client_certificate_and_a_password() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let broker = Mosquitto::start_with_tls(
-        Tls {
-            ca: pki.ca.clone(),
-            cert: pki.server_cert.clone(),
-            key: pki.server_key.clone(),
-            require_client_cert: true,
-        },
-        Some(("st-tls", "s3cret-tls")),
-    );
+    let broker = Mosquitto::start_with_tls(pki.listener(true), Some(("st-tls", "s3cret-tls")));
     std::fs::write(dir.path().join("mqtt.pass"), "s3cret-tls\n").unwrap();
     let models = std::fs::canonicalize("models/dam_break").unwrap();
     let config = dir.path().join("station.toml");

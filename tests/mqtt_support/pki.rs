@@ -31,6 +31,16 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 impl Pki {
+    /// A Mosquitto TLS listener with the broker certificate, trusting the CA for clients.
+    pub fn listener(&self, require_client_cert: bool) -> super::mosquitto::Tls {
+        super::mosquitto::Tls {
+            ca: self.ca.clone(),
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            require_client_cert,
+        }
+    }
+
     /// Makes every file under `dir`.
     pub fn new(dir: &Path) -> Self {
         let write = |name: &str, text: String| {

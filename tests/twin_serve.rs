@@ -213,11 +213,79 @@ clear_below = 0.6
     for needle in [
         "station.id",
         "station.p",
-        "alerts[0].channel",
+        "alerts[0]: `depth`",
         "clear_below (0.6)",
     ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
+}
+
+#[test]
+fn a_station_mapping_is_read_from_the_config_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    let write = |mapping: &str| {
+        let text = format!(
+            r#"
+[broker]
+host = "127.0.0.1"
+port = 1883
+
+[station]
+id = "gauge-7"
+family = "dam_break"
+models = "../models/dam_break"
+
+[[alerts]]
+channel = "depth_cm"
+row = 100
+col = 30
+above = 25.0
+clear_below = 20.0
+
+{mapping}
+"#
+        );
+        std::fs::write(&path, text).unwrap();
+        StationConfig::load(&path)
+    };
+    let cfg = write(
+        r#"
+[mapping]
+rows = 128
+cols = 128
+frame_seconds = 0.25
+unobserved = ["hu", "hv"]
+[mapping.channels]
+h = { from = "depth_cm", scale = 0.01 }
+"#,
+    )
+    .unwrap();
+    let map = cfg.station_map().unwrap();
+    assert_eq!(map.frames_per_step(), 2);
+    let said = map.describe();
+    for needle in [
+        "128×128 station grid",
+        "h = 0.01 × depth_cm",
+        "hu unobserved",
+    ] {
+        assert!(said.contains(needle), "{needle} missing from: {said}");
+    }
+    // a station slower than the model, and an alert on a channel it does not send
+    let err = write(
+        r#"
+[mapping]
+frame_seconds = 1.0
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("mapping.frame_seconds = 1"), "{err}");
+    let err = write("").unwrap_err().to_string();
+    assert!(
+        err.contains("alerts[0]: `depth_cm` is not a channel of this station"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -153,6 +153,10 @@ pub struct Counters {
     /// Times the runtime lost its broker connection and connected again.
     #[serde(default)]
     pub broker_reconnects: u64,
+    /// Frames that fall between model steps (a station sampling faster than the model steps),
+    /// left out by design.
+    #[serde(default)]
+    pub frames_skipped: u64,
 }
 
 impl Counters {

@@ -125,6 +125,19 @@ impl Analyser {
     /// `background` corrected at the sensors: `observed[c * points + j]` is channel `c` at point
     /// `j`. Returns the analysed field.
     pub fn analyse(&self, background: &[f32], observed: &[f32]) -> Result<Vec<f32>, AnalysisError> {
+        let all: Vec<usize> = (0..self.channels).collect();
+        self.analyse_channels(background, &all, observed)
+    }
+
+    /// [`analyse`](Self::analyse) when the sensors measure only the channels `measured`:
+    /// `observed[k * points + j]` is channel `measured[k]` at point `j`; the other channels keep
+    /// the background (the covariance has no cross-channel terms).
+    pub fn analyse_channels(
+        &self,
+        background: &[f32],
+        measured: &[usize],
+        observed: &[f32],
+    ) -> Result<Vec<f32>, AnalysisError> {
         let (n, channels) = (self.n, self.channels);
         let cells = n * n;
         let m = self.points.len();
@@ -134,10 +147,16 @@ impl Analyser {
                 background.len()
             )));
         }
-        if observed.len() != channels * m {
+        if let Some(c) = measured.iter().find(|&&c| c >= channels) {
             return Err(AnalysisError::Shape(format!(
-                "{} observed values for {channels} channel(s) at {m} point(s)",
-                observed.len()
+                "channel {c} measured, the field has {channels}"
+            )));
+        }
+        if observed.len() != measured.len() * m {
+            return Err(AnalysisError::Shape(format!(
+                "{} observed values for {} channel(s) at {m} point(s)",
+                observed.len(),
+                measured.len()
             )));
         }
         let mut out = background.to_vec();
@@ -147,10 +166,10 @@ impl Analyser {
         // the correction spreads along rows and columns separately: weights per sensor, then
         // for each cell the sum over sensors of table[dr]·table[dc]·w
         let mut rows = vec![0.0f64; n];
-        for ch in 0..channels {
+        for (k, &ch) in measured.iter().enumerate() {
             let innovation = DVector::<f64>::from_fn(m, |j, _| {
                 let (r, c) = self.points[j];
-                observed[ch * m + j] as f64 - background[ch * cells + r * n + c] as f64
+                observed[k * m + j] as f64 - background[ch * cells + r * n + c] as f64
             });
             let w = chol.solve(&innovation);
             let field = &mut out[ch * cells..(ch + 1) * cells];

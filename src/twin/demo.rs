@@ -276,6 +276,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
         metrics: None,
         analysis: Default::default(),
         updates: None,
+        mapping: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -528,7 +528,32 @@ impl<B: Backend + Send> Forecaster<B> {
         observed: &[f32],
         oi: &OiConfig,
     ) -> Result<Progress<'_>, ForecastError> {
+        let all: Vec<usize> = (0..self.shape.channels).collect();
+        self.push_partial(seq, timestamp_us, Some(points), &all, observed, oi)
+    }
+
+    /// Takes one frame that measured only the channels `measured` (model channel indices), at
+    /// the cells `points` or, with `None`, at every cell: `observed[k * cells + j]` is channel
+    /// `measured[k]` at the `j`-th cell (of `points`, or of the grid in row-major order), in the
+    /// model's units. What was not measured comes from the background (see the module docs):
+    /// by optimal interpolation between sensor points, as is for unmeasured channels. The frame
+    /// joins the window with the mask of what was measured.
+    pub fn push_partial(
+        &mut self,
+        seq: u32,
+        timestamp_us: u64,
+        points: Option<&[(usize, usize)]>,
+        measured: &[usize],
+        observed: &[f32],
+        oi: &OiConfig,
+    ) -> Result<Progress<'_>, ForecastError> {
         let arrived = Instant::now();
+        let (channels, n) = (self.shape.channels, self.shape.n);
+        let cells = n * n;
+        let every = measured.len() == channels && measured.iter().enumerate().all(|(i, c)| i == *c);
+        if points.is_none() && every {
+            return self.push(seq, timestamp_us, observed);
+        }
         if let Some(i) = observed.iter().position(|v| !v.is_finite()) {
             self.counters.bad += 1;
             return Err(ForecastError::NonFinite {
@@ -537,27 +562,53 @@ impl<B: Backend + Send> Forecaster<B> {
                 value: observed[i],
             });
         }
-        let (channels, n) = (self.shape.channels, self.shape.n);
-        let reuse = matches!(&self.analyser, Some((c, a)) if c == oi && a.points() == points);
-        if !reuse {
-            let a = Analyser::new(channels, n, points, oi).map_err(|source| {
-                self.counters.bad += 1;
-                ForecastError::Analysis { seq, source }
-            })?;
-            self.analyser = Some((*oi, a));
+        let per_channel = points.map_or(cells, <[_]>::len);
+        if measured.iter().any(|&c| c >= channels) || observed.len() != measured.len() * per_channel
+        {
+            self.counters.bad += 1;
+            return Err(ForecastError::BadFrame {
+                seq,
+                reason: format!(
+                    "{} values for channels {measured:?} at {per_channel} cell(s); the model has \
+                     {channels} channel(s)",
+                    observed.len()
+                ),
+            });
         }
-        let kind = self.background(seq)?;
-        let (_, analyser) = self.analyser.as_ref().expect("set above");
-        let values = analyser
-            .analyse(&self.background_buf, observed)
-            .map_err(|source| ForecastError::Analysis { seq, source })?;
-        let cells = n * n;
-        let mut mask = vec![false; channels * cells];
-        for c in 0..channels {
-            for &(r, col) in points {
-                mask[c * cells + r * n + col] = true;
+        if let Some(points) = points {
+            let reuse = matches!(&self.analyser, Some((c, a)) if c == oi && a.points() == points);
+            if !reuse {
+                let a = Analyser::new(channels, n, points, oi).map_err(|source| {
+                    self.counters.bad += 1;
+                    ForecastError::Analysis { seq, source }
+                })?;
+                self.analyser = Some((*oi, a));
             }
         }
+        let kind = self.background(seq)?;
+        let mut mask = vec![false; channels * cells];
+        let values = match points {
+            Some(points) => {
+                let (_, analyser) = self.analyser.as_ref().expect("set above");
+                for &c in measured {
+                    for &(r, col) in points {
+                        mask[c * cells + r * n + col] = true;
+                    }
+                }
+                analyser
+                    .analyse_channels(&self.background_buf, measured, observed)
+                    .map_err(|source| ForecastError::Analysis { seq, source })?
+            }
+            None => {
+                let mut v = self.background_buf.clone();
+                for (k, &c) in measured.iter().enumerate() {
+                    v[c * cells..(c + 1) * cells]
+                        .copy_from_slice(&observed[k * cells..(k + 1) * cells]);
+                    mask[c * cells..(c + 1) * cells].fill(true);
+                }
+                v
+            }
+        };
         self.last_background = Some(kind);
         self.counters.analysed += 1;
         self.accept(

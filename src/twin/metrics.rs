@@ -124,6 +124,12 @@ pub fn render(status: &StatusMessage) -> String {
         &rejected,
     );
     metric(
+        "frames_skipped_total",
+        "counter",
+        "Frames between model steps (the station samples faster than the model steps).",
+        &one(c.frames_skipped as f64),
+    );
+    metric(
         "frames_lost_total",
         "counter",
         "Chunked frames dropped incomplete.",

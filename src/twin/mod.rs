@@ -48,6 +48,7 @@ pub mod bridge;
 pub mod broker;
 pub mod demo;
 pub mod forecaster;
+pub mod mapping;
 pub mod metrics;
 pub mod mqtt;
 pub mod serve;

@@ -18,10 +18,11 @@ use firmware_bridge::dashboard::{
 };
 use firmware_bridge::topic::QoS;
 use firmware_bridge::topic::Topic;
-use firmware_bridge::{Channels, Forecast, GridShape, PackedSlice, Sampling, Values, WireMessage};
+use firmware_bridge::{Channels, Forecast, GridShape, PackedSlice, Values, WireMessage};
 use serde::Deserialize;
 
 use super::forecaster::{Forecaster, ForecasterOptions, Progress, ReadoutMode};
+use super::mapping::{Mapped, MappingConfig, ModelGrid, Probe, StationMap};
 use super::mqtt::{BrokerAddress, LastWill, LinkOptions, MqttError, MqttLink};
 use crate::config::Family;
 use crate::models::FamilyModels;
@@ -46,6 +47,10 @@ pub struct StationConfig {
     /// Signed model updates, when given.
     #[serde(default)]
     pub updates: Option<UpdatesConfig>,
+    /// How the station's grid, channels, units and frame rate map onto the model's
+    /// ([`super::mapping`]); without it the station speaks the model's terms.
+    #[serde(default)]
+    pub mapping: MappingConfig,
 }
 
 /// `[updates]`: where signed model bundles come from, whom to trust, where they are kept.
@@ -247,11 +252,12 @@ fn default_reorder() -> u32 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
-    /// Channel name (`h` for water depth, ...).
+    /// Channel name: the station's (then `above` and `clear_below` are in the station's units)
+    /// or the model's (`h` for water depth, ...; in the model's units).
     pub channel: String,
-    /// Cell row.
+    /// Cell row, on the station's grid.
     pub row: u16,
-    /// Cell column.
+    /// Cell column, on the station's grid.
     pub col: u16,
     /// Raise when the forecast reaches this value.
     pub above: f64,
@@ -333,6 +339,41 @@ impl StationConfig {
         }
         cfg.check().map_err(bad)?;
         Ok(cfg)
+    }
+
+    /// How this station's frames map onto its family's model (`[mapping]`).
+    pub fn station_map(&self) -> Result<StationMap, String> {
+        let family = crate::config::FamilyConfig::builtin(self.station.family);
+        let model = ModelGrid {
+            n: family.grid.n,
+            channels: family.channels().iter().map(|c| c.to_string()).collect(),
+            frame_dt: family.time.frame_dt,
+            periodic: self.station.family.periodic(),
+        };
+        StationMap::new(&self.mapping, &model)
+    }
+
+    /// The alert rules on the model's terms, or every rule that cannot be mapped.
+    fn probes(&self, map: &StationMap) -> Result<Vec<Probe>, String> {
+        let mut problems = Vec::new();
+        let mut probes = Vec::new();
+        for (i, a) in self.alerts.iter().enumerate() {
+            match map.probe(
+                &a.channel,
+                usize::from(a.row),
+                usize::from(a.col),
+                a.above,
+                a.clear_below,
+            ) {
+                Ok(p) => probes.push(p),
+                Err(e) => problems.push(format!("alerts[{i}]: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(probes)
+        } else {
+            Err(problems.join("\n"))
+        }
     }
 
     /// Every problem at once, one per line.
@@ -419,16 +460,15 @@ impl StationConfig {
         {
             problems.push(format!("station.p: must be positive (got {p})"));
         }
-        let channels = crate::config::FamilyConfig::builtin(self.station.family).channels();
-        for (i, a) in self.alerts.iter().enumerate() {
-            if !channels.contains(&a.channel.as_str()) {
-                problems.push(format!(
-                    "alerts[{i}].channel: `{}` is not a channel of {} ({})",
-                    a.channel,
-                    self.station.family,
-                    channels.join(", ")
-                ));
+        match self.station_map() {
+            Ok(map) => {
+                if let Err(e) = self.probes(&map) {
+                    problems.push(e);
+                }
             }
+            Err(e) => problems.push(e),
+        }
+        for (i, a) in self.alerts.iter().enumerate() {
             if a.clear_below.is_nan() || a.above.is_nan() || a.clear_below > a.above {
                 problems.push(format!(
                     "alerts[{i}]: clear_below ({}) must not exceed above ({})",
@@ -558,6 +598,17 @@ pub async fn serve(
         .map(|c| c.to_string())
         .collect();
     let station = cfg.station.id.clone();
+    let config_error = |section: &str, reason: String| ServeError::Config {
+        path: PathBuf::from(section),
+        reason,
+    };
+    let map = cfg
+        .station_map()
+        .map_err(|e| config_error("[mapping]", e))?;
+    let probes = cfg
+        .probes(&map)
+        .map_err(|e| config_error("[[alerts]]", e))?;
+    tracing::info!(%station, "mapping: {}", map.describe());
     let forecaster = build_forecaster(cfg, &models)?;
     let updates =
         match &cfg.updates {
@@ -779,7 +830,7 @@ pub async fn serve(
             }
         };
         counters.frames_received += 1;
-        let values = match frame_values(&frame, &channel_names, family_cfg.grid.n, &station) {
+        let values = match frame_values(&frame, &map, &station) {
             Ok(v) => v,
             Err((counter, reason)) => {
                 count(&mut counters, counter);
@@ -787,16 +838,26 @@ pub async fn serve(
                 continue;
             }
         };
-        let (seq, ts) = (frame.seq, frame.timestamp_us);
-        let sparse = matches!(values, FrameValues::Points { .. });
+        let Some(seq) = map.model_seq(frame.seq) else {
+            // between two model steps
+            counters.frames_skipped += 1;
+            continue;
+        };
+        let ts = frame.timestamp_us;
+        let every = channel_names.len();
+        let partial = !matches!(&values, Mapped::Dense { observed, .. } if observed.len() == every);
         // the forecaster computes on a blocking thread; the MQTT event loop keeps running
         let mut f = forecaster.take().expect("returned after every frame");
         let (f, outcome) = tokio::task::spawn_blocking(move || {
             let pushed = match &values {
-                FrameValues::Dense(v) => f.push(seq, ts, v),
-                FrameValues::Points { points, observed } => {
-                    f.push_points(seq, ts, points, observed, &oi)
+                Mapped::Dense { values, observed } => {
+                    f.push_partial(seq, ts, None, observed, values, &oi)
                 }
+                Mapped::Points {
+                    points,
+                    values,
+                    observed,
+                } => f.push_partial(seq, ts, Some(points), observed, values, &oi),
             };
             let outcome = match pushed {
                 Ok(Progress::Forecast(v)) => Ok(Some((
@@ -817,7 +878,7 @@ pub async fn serve(
         .await
         .expect("the forecaster does not panic");
         let dt_us = f.frame_dt_us();
-        status.state_from = Some(match (sparse, f.last_background()) {
+        status.state_from = Some(match (partial, f.last_background()) {
             (true, Some(b)) => format!("analysis from {}", b.name()),
             _ => "observed".to_string(),
         });
@@ -843,6 +904,8 @@ pub async fn serve(
             .collect();
         let names: Vec<&str> = channel_names.iter().map(String::as_str).collect();
         let n = family_cfg.grid.n as u16;
+        // the station's numbering (every `frames_per_step`-th of its frames is a model step)
+        let based_on_seq = based_on_seq.wrapping_mul(map.frames_per_step());
         let forecast = Forecast {
             station: &station,
             based_on_seq,
@@ -877,8 +940,8 @@ pub async fn serve(
             tracing::warn!(%station, "{why}");
         }
         status.fallback = fallback;
-        for (rule, state) in cfg.alerts.iter().zip(alerts.iter_mut()) {
-            if let Some(a) = check_alert(rule, state, &station, &names, n, &frames, &stamps) {
+        for ((rule, probe), state) in cfg.alerts.iter().zip(&probes).zip(alerts.iter_mut()) {
+            if let Some(a) = check_alert(rule, probe, state, &station, &frames, &stamps) {
                 link.publish(
                     topic(Topic::Alerts),
                     QoS::AtLeastOnce,
@@ -1057,17 +1120,6 @@ fn publish_status(
     )
 }
 
-/// A frame's values in the model's layout.
-enum FrameValues {
-    /// The whole `channels × n × n` field.
-    Dense(Vec<f32>),
-    /// Sensor cells `(row, col)` and their values, `[channel][point]`.
-    Points {
-        points: Vec<(usize, usize)>,
-        observed: Vec<f32>,
-    },
-}
-
 /// The runtime's inbox: a task drains the MQTT link as messages come, keeping at most
 /// `max_backlog` frames and dropping the *oldest* beyond (counted), so a flood costs bounded
 /// memory and the runtime always works on the newest frames; bundle packages wait apart (at
@@ -1155,14 +1207,12 @@ fn count(counters: &mut Counters, reason: &str) {
     *counters.frames_rejected.entry(reason.into()).or_default() += 1;
 }
 
-/// The frame's values as the model takes them, or (counter name, why) not.
+/// The frame's values on the model's terms, or (counter name, why) not.
 fn frame_values(
     frame: &firmware_bridge::SensorFrame<'_>,
-    channels: &[String],
-    n: usize,
+    map: &StationMap,
     station: &str,
-) -> Result<FrameValues, (&'static str, String)> {
-    let shape = |m: String| ("shape_mismatch", m);
+) -> Result<Mapped, (&'static str, String)> {
     if frame.station != station {
         return Err((
             "wrong_station",
@@ -1172,60 +1222,24 @@ fn frame_values(
             ),
         ));
     }
-    let names = frame.channels.as_slice();
-    if names.len() != channels.len() || names.iter().zip(channels).any(|(a, b)| *a != b) {
-        return Err(shape(format!(
-            "frame {}: channels [{}], the model takes [{}]",
-            frame.seq,
-            names.join(", "),
-            channels.join(", ")
-        )));
-    }
-    if usize::from(frame.shape.rows) != n || usize::from(frame.shape.cols) != n {
-        return Err(shape(format!(
-            "frame {}: a {}×{} grid, the model's is {n}×{n}; resample the station's grid onto \
-             the model's",
-            frame.seq, frame.shape.rows, frame.shape.cols
-        )));
-    }
-    match frame.sampling {
-        Sampling::Dense => Ok(FrameValues::Dense(frame.values.to_vec())),
-        Sampling::Points(p) => {
-            let points: Vec<(usize, usize)> = p
-                .iter()
-                .map(|g| (usize::from(g.row), usize::from(g.col)))
-                .collect();
-            let mut seen = std::collections::HashSet::new();
-            if let Some(dup) = points.iter().find(|x| !seen.insert(**x)) {
-                return Err(shape(format!(
-                    "frame {}: sensor point ({}, {}) is listed twice; each cell once",
-                    frame.seq, dup.0, dup.1
-                )));
-            }
-            Ok(FrameValues::Points {
-                points,
-                observed: frame.values.to_vec(),
-            })
-        }
-    }
+    map.map(frame)
 }
 
-/// Raises or clears the alert of `rule` on this forecast (`frames`: steps × channels × n × n).
+/// Raises or clears the alert of `rule` (watched at `probe` on the model) on this forecast
+/// (`frames`: one per entry of `stamps`).
 fn check_alert(
     rule: &AlertRule,
+    probe: &Probe,
     state: &mut AlertState,
     station: &str,
-    channels: &[&str],
-    n: u16,
     frames: &[f32],
     stamps: &[u64],
 ) -> Option<AlertMessage> {
-    let c = channels.iter().position(|x| *x == rule.channel)?;
-    let n = usize::from(n);
-    let cell = (c * n + usize::from(rule.row)) * n + usize::from(rule.col);
-    let per_step = channels.len() * n * n;
-    let series = frames.chunks_exact(per_step).map(|f| f64::from(f[cell]));
-    let crossing = series.clone().position(|v| v >= rule.above);
+    let per_step = frames.len() / stamps.len().max(1);
+    let series = frames
+        .chunks_exact(per_step)
+        .map(|f| f64::from(f[probe.index]));
+    let crossing = series.clone().position(|v| v >= probe.above);
     let peak = series.fold(f64::NEG_INFINITY, f64::max);
     let base = AlertMessage {
         schema: 1,
@@ -1265,7 +1279,7 @@ fn check_alert(
                 ..base
             })
         }
-        (true, _) if peak < rule.clear_below => {
+        (true, _) if peak < probe.clear_below => {
             state.active = false;
             state.raised += 1;
             Some(AlertMessage {

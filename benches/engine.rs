@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use ccm_twin::ccm::Line;
-use ccm_twin::ccm::prefix::{Observation, read_prefix};
+use ccm_twin::ccm::prefix::{Helper, Observation, read_prefix, read_prefix_parallel};
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::infer::{Backend, NativeBackend, OrtBackend, OrtOptions, TractBackend};
 use ccm_twin::models::FamilyModels;
@@ -192,6 +192,54 @@ fn readout(c: &mut Criterion) {
             })
         });
     }
+    // the steps one readout rolls: every candidate through the prefix, the guarded ones on past it
+    {
+        let mut native = NativeBackend::new(&s.bundle.anchor).expect("native");
+        let obs = Observation {
+            frames: &s.prefix,
+            frame_len: s.frame_len,
+            t_in: 1,
+            mask: None,
+        };
+        let r = read_prefix(&s.line, &mut buffer, &mut native, obs, None, &cfg).expect("readout");
+        let prefix_steps = s.prefix.len() / s.frame_len - 1;
+        let guarded = r.curve.iter().filter(|c| c.growth.is_some()).count();
+        let steps = r.curve.len() * prefix_steps + guarded * cfg.guard_steps;
+        let eager = r.curve.len() * (prefix_steps + cfg.guard_steps);
+        eprintln!(
+            "readout: {} candidates × {prefix_steps} prefix steps + {guarded} guarded × {} = \
+             {steps} steps (a guard on every candidate: {eager})",
+            r.curve.len(),
+            cfg.guard_steps
+        );
+    }
+    // what a serving runtime on this box does: a helper runtime shares the coarse scan
+    let mut native = NativeBackend::new(&s.bundle.anchor).expect("native");
+    let mut helpers = vec![Helper {
+        model: NativeBackend::new(&s.bundle.anchor).expect("native"),
+        buffer: s.line.buffer(),
+    }];
+    g.bench_function("prefix readout K=4, native, 2 threads", |bench| {
+        bench.iter(|| {
+            let obs = Observation {
+                frames: &s.prefix,
+                frame_len: s.frame_len,
+                t_in: 1,
+                mask: None,
+            };
+            read_prefix_parallel(
+                &s.line,
+                &mut buffer,
+                &mut native,
+                &mut helpers,
+                obs,
+                None,
+                &cfg,
+            )
+            .expect("readout")
+            .alpha
+        })
+    });
     g.finish();
 }
 

@@ -19,6 +19,14 @@
 //!   cannot tell them apart), the one closest to the calibrated prior is taken, instead of trusting
 //!   either the prefix or the prior alone.
 //!
+//! The guard is evaluated lazily: every candidate is rolled through the prefix, but only those
+//! whose stability can change the outcome are rolled on past it (the trusted merges of the coarse
+//! scan, which set the reference, then candidates in order of prefix error until one passes, the
+//! pairs the refinement compares, the confidence band and the span the gain moves over), from
+//! the state each candidate reached at the end of the prefix. The choice is the one an eager
+//! guard over every candidate gives (a unit test compares the two); the steps saved are most of
+//! the guard's.
+//!
 //! The readout needs rollouts but stays free of any runtime: it asks for the small [`Rollout`]
 //! trait, which the inference layer implements.
 
@@ -150,8 +158,8 @@ pub struct Candidate {
     /// Relative L2 error on the prefix (observed cells, frames after the first `T_in`).
     pub error: f64,
     /// Growth past the prefix: the largest norm of a guard frame over the largest norm within
-    /// the prefix (1 when the guard is off).
-    pub growth: f64,
+    /// the prefix (1 when the guard is off); `None` when the guard was not needed for it.
+    pub growth: Option<f64>,
     /// Set when the guard rejected it.
     pub rejected: Option<Rejection>,
 }
@@ -207,21 +215,31 @@ pub enum PrefixError<E: std::error::Error + 'static> {
     },
 }
 
-/// Merges `alpha` into `buffer`, rolls it through the prefix and `guard_steps` past it, and
-/// scores it (unguarded: the growth limit is applied later, over all candidates).
+/// Where a candidate's rollout stood at the end of the prefix, for its guard.
+#[derive(Debug, Clone)]
+struct Tail {
+    /// The last `T_in` frames (observed start and predicted frames together).
+    frames: Vec<f32>,
+    /// The largest norm within the prefix (the last observed start frame included).
+    inside: f64,
+}
+
+fn norm(f: &[f32]) -> f64 {
+    f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// Merges `alpha` into `buffer`, rolls it through the prefix and scores it; the guard comes later
+/// ([`guard`]), from the returned tail.
 fn candidate<R: Rollout>(
     line: &Line,
     buffer: &mut WeightSet,
     model: &mut R,
     obs: Observation<'_>,
-    cfg: &PrefixConfig,
     scratch: &mut [f32],
     alpha: f64,
-) -> Result<Candidate, PrefixError<R::Error>> {
+) -> Result<(Candidate, Tail), PrefixError<R::Error>> {
     let (fl, t_in) = (obs.frame_len, obs.t_in);
-    let k = obs.len();
-    let prefix_steps = k - t_in;
-    let steps = prefix_steps + cfg.guard_steps;
+    let steps = obs.len() - t_in;
     line.merge_into(alpha as f32, buffer)?;
     model
         .rollout(buffer, &obs.frames[..t_in * fl], steps, scratch)
@@ -229,45 +247,62 @@ fn candidate<R: Rollout>(
     let predicted = &scratch[..steps * fl];
     let observed = &obs.frames[t_in * fl..];
     let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (i, (p, o)) in predicted[..prefix_steps * fl]
-        .iter()
-        .zip(observed)
-        .enumerate()
-    {
+    for (i, (p, o)) in predicted.iter().zip(observed).enumerate() {
         if obs.mask.is_none_or(|m| m[i % fl]) {
             num += (*p as f64 - *o as f64).powi(2);
             den += (*o as f64).powi(2);
         }
     }
     let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
-    let norm = |f: &[f32]| f.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let non_finite = predicted.iter().any(|x| !x.is_finite()) || !error.is_finite();
-    let growth = if cfg.guard_steps > 0 && !non_finite {
-        let inside = predicted[..prefix_steps * fl]
-            .chunks(fl)
-            .map(norm)
-            .fold(0.0, f64::max)
-            .max(norm(&obs.frames[(t_in - 1) * fl..t_in * fl]));
-        let past = predicted[prefix_steps * fl..]
-            .chunks(fl)
-            .map(norm)
-            .fold(0.0, f64::max);
-        past / inside.max(f64::MIN_POSITIVE)
-    } else if non_finite {
-        f64::INFINITY
-    } else {
-        1.0
-    };
-    Ok(Candidate {
-        alpha,
-        error: if error.is_finite() {
-            error
-        } else {
-            f64::INFINITY
+    // the last T_in frames of start ++ predicted
+    let mut frames = Vec::with_capacity(t_in * fl);
+    let from_start = t_in.saturating_sub(steps);
+    frames.extend_from_slice(&obs.frames[(t_in - from_start) * fl..t_in * fl]);
+    frames.extend_from_slice(&predicted[(steps - (t_in - from_start)) * fl..]);
+    let inside = predicted
+        .chunks(fl)
+        .map(norm)
+        .fold(0.0, f64::max)
+        .max(norm(&obs.frames[(t_in - 1) * fl..t_in * fl]));
+    Ok((
+        Candidate {
+            alpha,
+            error: if error.is_finite() {
+                error
+            } else {
+                f64::INFINITY
+            },
+            growth: non_finite.then_some(f64::INFINITY),
+            rejected: non_finite.then_some(Rejection::NonFinite),
         },
-        growth,
-        rejected: non_finite.then_some(Rejection::NonFinite),
-    })
+        Tail { frames, inside },
+    ))
+}
+
+/// Rolls `alpha`'s merge `guard_steps` on from the end of its prefix: its growth (infinite when
+/// the state turns non-finite).
+#[allow(clippy::too_many_arguments)]
+fn guard<R: Rollout>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    tail: &Tail,
+    guard_steps: usize,
+    fl: usize,
+    scratch: &mut [f32],
+    alpha: f64,
+) -> Result<f64, PrefixError<R::Error>> {
+    line.merge_into(alpha as f32, buffer)?;
+    let out = &mut scratch[..guard_steps * fl];
+    model
+        .rollout(buffer, &tail.frames, guard_steps, out)
+        .map_err(PrefixError::Rollout)?;
+    if out.iter().any(|x| !x.is_finite()) {
+        return Ok(f64::INFINITY);
+    }
+    let past = out.chunks(fl).map(norm).fold(0.0, f64::max);
+    Ok(past / tail.inside.max(f64::MIN_POSITIVE))
 }
 
 /// A second runtime (with its own merge buffer, the line's layout) that takes a share of the
@@ -287,71 +322,138 @@ struct Search<'a, R: Rollout> {
     cfg: &'a PrefixConfig,
     scratch: Vec<f32>,
     evaluated: Vec<Candidate>,
+    /// Per candidate, where its prefix rollout ended.
+    tails: Vec<Tail>,
     /// Largest accepted growth, once the coarse scan has set the reference.
     growth_limit: f64,
+    /// The trusted merges' median growth (the reference of `growth_limit`).
+    reference: f64,
+    /// Guard every candidate as it is evaluated (the reference behaviour the lazy guard must
+    /// reproduce; tests only).
+    eager: bool,
 }
 
 impl<R: Rollout> Search<'_, R> {
-    fn evaluate(&mut self, alpha: f64) -> Result<Candidate, PrefixError<R::Error>> {
-        if let Some(c) = self.evaluated.iter().find(|c| c.alpha == alpha) {
-            return Ok(*c);
+    /// The index of `alpha`'s candidate, rolled through the prefix if it was not yet.
+    fn evaluate(&mut self, alpha: f64) -> Result<usize, PrefixError<R::Error>> {
+        if let Some(i) = self.evaluated.iter().position(|c| c.alpha == alpha) {
+            return Ok(i);
         }
-        let c = candidate(
+        let (c, tail) = candidate(
             self.line,
             self.buffer,
             self.model,
             self.obs,
-            self.cfg,
             &mut self.scratch,
             alpha,
         )?;
+        self.push(c, tail)
+    }
+
+    fn push(&mut self, c: Candidate, tail: Tail) -> Result<usize, PrefixError<R::Error>> {
         self.evaluated.push(c);
-        Ok(c)
+        self.tails.push(tail);
+        let i = self.evaluated.len() - 1;
+        if self.eager {
+            self.accepted(i)?;
+        }
+        Ok(i)
     }
 
-    fn score(&self, c: &Candidate) -> f64 {
-        if c.rejected.is_some() || c.growth > self.growth_limit {
-            f64::INFINITY
-        } else {
-            c.error
-        }
-    }
-
-    /// Sets the guard's limit from the trusted merges of the coarse scan: `max_growth` times
-    /// their median growth (1 when the scan has none, or the guard is off).
-    /// Later calls keep the limit and only mark the candidates evaluated since.
-    fn set_growth_limit(&mut self) {
-        if self.cfg.guard_steps == 0 {
-            return;
-        }
-        if self.growth_limit.is_finite() {
-            return self.mark_growth(self.growth_limit / self.cfg.max_growth);
-        }
-        let mut trusted: Vec<f64> = self
-            .evaluated
-            .iter()
-            .filter(|c| c.alpha.abs() <= 1.0 && c.growth.is_finite())
-            .map(|c| c.growth)
-            .collect();
-        trusted.sort_by(f64::total_cmp);
-        let reference = match trusted.len() {
-            0 => 1.0,
-            n if n % 2 == 1 => trusted[n / 2],
-            n => 0.5 * (trusted[n / 2 - 1] + trusted[n / 2]),
-        };
-        self.growth_limit = self.cfg.max_growth * reference;
-        self.mark_growth(reference);
-    }
-
-    fn mark_growth(&mut self, reference: f64) {
-        let limit = self.growth_limit;
-        for c in &mut self.evaluated {
-            if c.rejected.is_none() && c.growth > limit {
-                c.rejected = Some(Rejection::Growth {
-                    ratio: c.growth / reference,
-                });
+    /// Whether candidate `i` passes the guard, rolling it past the prefix if that was not
+    /// needed before. Before the limit is set only its growth is measured.
+    fn accepted(&mut self, i: usize) -> Result<bool, PrefixError<R::Error>> {
+        if self.evaluated[i].growth.is_none() {
+            let g = if self.cfg.guard_steps == 0 {
+                1.0
+            } else {
+                let fl = self.obs.frame_len;
+                guard(
+                    self.line,
+                    self.buffer,
+                    self.model,
+                    &self.tails[i],
+                    self.cfg.guard_steps,
+                    fl,
+                    &mut self.scratch,
+                    self.evaluated[i].alpha,
+                )?
+            };
+            let c = &mut self.evaluated[i];
+            c.growth = Some(g);
+            if !g.is_finite() {
+                c.rejected = Some(Rejection::NonFinite);
             }
         }
+        let (limit, reference) = (self.growth_limit, self.reference);
+        let c = &mut self.evaluated[i];
+        let g = c.growth.expect("measured above");
+        if c.rejected.is_none() && g > limit {
+            c.rejected = Some(Rejection::Growth {
+                ratio: g / reference,
+            });
+        }
+        Ok(c.rejected.is_none())
+    }
+
+    /// Whether `i` scores no worse than `j` (a score is the prefix error, or infinity when the
+    /// guard rejects the candidate), rolling past the prefix only what decides it.
+    fn no_worse(&mut self, i: usize, j: usize) -> Result<bool, PrefixError<R::Error>> {
+        let (ei, ej) = (self.evaluated[i].error, self.evaluated[j].error);
+        Ok(if ei <= ej {
+            self.accepted(i)? || !self.accepted(j)?
+        } else {
+            !self.accepted(j)?
+        })
+    }
+
+    /// Sets the guard's limit from the trusted merges evaluated so far (the coarse scan's):
+    /// `max_growth` times their median growth (1 when there are none; no limit when the guard
+    /// is off), and marks the rejections among the candidates already guarded.
+    fn set_growth_limit(&mut self) -> Result<(), PrefixError<R::Error>> {
+        if self.cfg.guard_steps == 0 {
+            return Ok(());
+        }
+        let trusted: Vec<usize> = (0..self.evaluated.len())
+            .filter(|&i| self.evaluated[i].alpha.abs() <= 1.0)
+            .collect();
+        for &i in &trusted {
+            self.accepted(i)?; // measures the growth (no limit yet)
+        }
+        let mut growths: Vec<f64> = trusted
+            .iter()
+            .filter_map(|&i| self.evaluated[i].growth)
+            .filter(|g| g.is_finite())
+            .collect();
+        growths.sort_by(f64::total_cmp);
+        self.reference = match growths.len() {
+            0 => 1.0,
+            n if n % 2 == 1 => growths[n / 2],
+            n => 0.5 * (growths[n / 2 - 1] + growths[n / 2]),
+        };
+        self.growth_limit = self.cfg.max_growth * self.reference;
+        for i in 0..self.evaluated.len() {
+            if self.evaluated[i].growth.is_some() {
+                self.accepted(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The accepted candidate with the smallest prefix error among `among` (lowest position in
+    /// it on ties), guarding in order of error until one passes.
+    fn best_of(&mut self, among: &[usize]) -> Result<Option<usize>, PrefixError<R::Error>> {
+        let mut order = among.to_vec();
+        order.sort_by(|&a, &b| {
+            let (ea, eb) = (self.evaluated[a].error, self.evaluated[b].error);
+            ea.total_cmp(&eb)
+        });
+        for i in order {
+            if self.evaluated[i].error.is_finite() && self.accepted(i)? {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -373,7 +475,8 @@ pub fn read_prefix<R: Rollout>(
         obs,
         prior,
         cfg,
-        &mut |_, _, _, _, _, _| unreachable!("no helpers"),
+        &mut |_, _, _, _, _| unreachable!("no helpers"),
+        false,
     )
 }
 
@@ -399,6 +502,7 @@ pub fn read_prefix_parallel<R: Rollout + Send>(
         prior,
         cfg,
         &mut scan_shared,
+        false,
     )
 }
 
@@ -408,7 +512,6 @@ type CoarseScan<'h, R> = dyn FnMut(
         &mut Search<'_, R>,
         &mut [Helper<R>],
         Observation<'_>,
-        &PrefixConfig,
         &[f64],
     ) -> Result<(), PrefixError<<R as Rollout>::Error>>
     + 'h;
@@ -418,12 +521,12 @@ fn scan_shared<R: Rollout + Send>(
     s: &mut Search<'_, R>,
     helpers: &mut [Helper<R>],
     obs: Observation<'_>,
-    cfg: &PrefixConfig,
     grid: &[f64],
 ) -> Result<(), PrefixError<R::Error>> {
     let workers = helpers.len() + 1;
     let scratch_len = s.scratch.len();
-    let shares: Vec<Vec<Result<Candidate, PrefixError<R::Error>>>> = std::thread::scope(|scope| {
+    type Share<E> = Vec<Result<(Candidate, Tail), PrefixError<E>>>;
+    let shares: Vec<Share<R::Error>> = std::thread::scope(|scope| {
         let handles: Vec<_> = helpers
             .iter_mut()
             .enumerate()
@@ -439,7 +542,6 @@ fn scan_shared<R: Rollout + Send>(
                                 &mut helper.buffer,
                                 &mut helper.model,
                                 obs,
-                                cfg,
                                 &mut scratch,
                                 a,
                             )
@@ -451,7 +553,7 @@ fn scan_shared<R: Rollout + Send>(
         let mine: Vec<_> = grid
             .iter()
             .step_by(workers)
-            .map(|&a| candidate(line, s.buffer, s.model, obs, cfg, &mut s.scratch, a))
+            .map(|&a| candidate(line, s.buffer, s.model, obs, &mut s.scratch, a))
             .collect();
         let mut all = vec![mine];
         all.extend(
@@ -463,10 +565,10 @@ fn scan_shared<R: Rollout + Send>(
     });
     let mut iters: Vec<_> = shares.into_iter().map(|v| v.into_iter()).collect();
     for i in 0..grid.len() {
-        let c = iters[i % workers]
+        let (c, tail) = iters[i % workers]
             .next()
             .expect("one result per grid point")?;
-        s.evaluated.push(c);
+        s.push(c, tail)?;
     }
     Ok(())
 }
@@ -481,6 +583,7 @@ fn search<R: Rollout>(
     prior: Option<f64>,
     cfg: &PrefixConfig,
     scan: &mut CoarseScan<'_, R>,
+    eager: bool,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
     let fl = obs.frame_len;
     if fl == 0 || !obs.frames.len().is_multiple_of(fl) {
@@ -501,7 +604,7 @@ fn search<R: Rollout>(
             "mask length differs from the frame length".into(),
         ));
     }
-    let steps = obs.len() - obs.t_in + cfg.guard_steps;
+    let steps = (obs.len() - obs.t_in).max(cfg.guard_steps);
     let mut s = Search {
         line,
         buffer,
@@ -510,7 +613,10 @@ fn search<R: Rollout>(
         cfg,
         scratch: vec![0.0; steps * fl],
         evaluated: Vec::new(),
+        tails: Vec::new(),
         growth_limit: f64::INFINITY,
+        reference: 1.0,
+        eager,
     };
     let (lo, hi) = (cfg.interval.lo, cfg.interval.hi);
     let n = cfg.coarse.max(2);
@@ -522,92 +628,123 @@ fn search<R: Rollout>(
             s.evaluate(a)?;
         }
     } else {
-        scan(line, &mut s, helpers, obs, cfg, &grid)?;
+        scan(line, &mut s, helpers, obs, &grid)?;
     }
-    s.set_growth_limit();
-    let mut best = 0;
-    for i in 1..n {
-        if s.score(&s.evaluated[i]) < s.score(&s.evaluated[best]) {
-            best = i;
-        }
-    }
-    if s.evaluated.iter().all(|c| c.rejected.is_some()) {
+    s.set_growth_limit()?;
+    let coarse: Vec<usize> = (0..n).collect();
+    let Some(best) = s.best_of(&coarse)? else {
         return Err(PrefixError::AllRejected { lo, hi });
-    }
+    };
     // golden-section refinement in the bracket around the best coarse point
     let (mut a, mut b) = (grid[best.saturating_sub(1)], grid[(best + 1).min(n - 1)]);
     let phi = (5f64.sqrt() - 1.0) / 2.0;
     let (mut x1, mut x2) = (b - phi * (b - a), a + phi * (b - a));
-    let score_at = |s: &mut Search<'_, R>, x: f64| -> Result<f64, PrefixError<R::Error>> {
-        let c = s.evaluate(x)?;
-        Ok(s.score(&c))
-    };
-    let (mut f1, mut f2) = (score_at(&mut s, x1)?, score_at(&mut s, x2)?);
+    let (mut i1, mut i2) = (s.evaluate(x1)?, s.evaluate(x2)?);
     for _ in 0..cfg.refine {
-        if f1 <= f2 {
+        if s.no_worse(i1, i2)? {
             b = x2;
             x2 = x1;
-            f2 = f1;
+            i2 = i1;
             x1 = b - phi * (b - a);
-            f1 = score_at(&mut s, x1)?;
+            i1 = s.evaluate(x1)?;
         } else {
             a = x1;
             x1 = x2;
-            f1 = f2;
+            i1 = i2;
             x2 = a + phi * (b - a);
-            f2 = score_at(&mut s, x2)?;
+            i2 = s.evaluate(x2)?;
         }
     }
-    s.set_growth_limit(); // marks the refinement's rejections too
-    let mut curve = s.evaluated;
-    curve.sort_by(|x, y| x.alpha.total_cmp(&y.alpha));
-    let accepted: Vec<&Candidate> = curve.iter().filter(|c| c.rejected.is_none()).collect();
-    let best = accepted
+    // every candidate, in order of α (ties are broken towards the smaller α, as on the curve)
+    let mut all: Vec<usize> = (0..s.evaluated.len()).collect();
+    all.sort_by(|&x, &y| s.evaluated[x].alpha.total_cmp(&s.evaluated[y].alpha));
+    let best = s.best_of(&all)?.expect("a coarse candidate was accepted");
+    let best_error = s.evaluated[best].error;
+    // the band and the prior's tolerance: every candidate in them is guarded
+    let widest = cfg.confidence_band.max(cfg.tolerance);
+    let near: Vec<usize> = all
         .iter()
-        .min_by(|x, y| x.error.total_cmp(&y.error))
         .copied()
-        .expect("at least one accepted candidate");
-    let unguarded = curve
+        .filter(|&i| s.evaluated[i].error <= best_error * (1.0 + widest))
+        .collect();
+    let mut accepted_near = Vec::new();
+    for &i in &near {
+        if s.accepted(i)? {
+            accepted_near.push(i);
+        }
+    }
+    let within =
+        |s: &Search<'_, R>, i: usize, tol: f64| s.evaluated[i].error <= best_error * (1.0 + tol);
+    let band: Vec<f64> = accepted_near
         .iter()
-        .min_by(|x, y| x.error.total_cmp(&y.error))
-        .expect("non-empty curve");
-    let band: Vec<&&Candidate> = accepted
-        .iter()
-        .filter(|c| c.error <= best.error * (1.0 + cfg.confidence_band))
+        .filter(|&&i| within(&s, i, cfg.confidence_band))
+        .map(|&i| s.evaluated[i].alpha)
         .collect();
     let confidence = Interval {
-        lo: band.iter().map(|c| c.alpha).fold(f64::INFINITY, f64::min),
-        hi: band
-            .iter()
-            .map(|c| c.alpha)
-            .fold(f64::NEG_INFINITY, f64::max),
+        lo: band.iter().copied().fold(f64::INFINITY, f64::min),
+        hi: band.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     };
     let chosen = match prior {
         Some(p) => {
             let p = cfg.interval.clip(p);
-            accepted
+            accepted_near
                 .iter()
-                .filter(|c| c.error <= best.error * (1.0 + cfg.tolerance))
-                .min_by(|x, y| (x.alpha - p).abs().total_cmp(&(y.alpha - p).abs()))
                 .copied()
+                .filter(|&i| within(&s, i, cfg.tolerance))
+                .min_by(|&x, &y| {
+                    let d = |i: usize| (s.evaluated[i].alpha - p).abs();
+                    d(x).total_cmp(&d(y))
+                })
                 .unwrap_or(best)
         }
         None => best,
     };
-    // the gain moves the choice along the line, but not past a rejected candidate
-    let at = curve
+    let unguarded = all
         .iter()
-        .position(|c| c.alpha == chosen.alpha)
+        .map(|&i| s.evaluated[i])
+        .min_by(|x, y| x.error.total_cmp(&y.error))
+        .expect("non-empty curve")
+        .alpha;
+    // the gain moves the choice along the line, but not past a rejected candidate: walk from
+    // the choice towards its target, guarding each candidate passed, up to the last stable one
+    let chosen_alpha = s.evaluated[chosen].alpha;
+    let target = cfg.gain * chosen_alpha;
+    let order = &all;
+    let at = order
+        .iter()
+        .position(|&i| i == chosen)
         .expect("the choice is on the curve");
-    let stable = |i: &usize| curve[*i].rejected.is_none();
-    let lo = (0..=at).rev().take_while(stable).last().unwrap_or(at);
-    let hi = (at..curve.len()).take_while(stable).last().unwrap_or(at);
-    let alpha = (cfg.gain * chosen.alpha).clamp(curve[lo].alpha, curve[hi].alpha);
+    let mut bound = chosen_alpha;
+    let path: Vec<usize> = if target == chosen_alpha {
+        Vec::new()
+    } else if target > chosen_alpha {
+        order[at + 1..].to_vec()
+    } else {
+        order[..at].iter().rev().copied().collect()
+    };
+    for i in path {
+        if !s.accepted(i)? {
+            break;
+        }
+        bound = s.evaluated[i].alpha;
+        if (target >= chosen_alpha && bound >= target) || (target < chosen_alpha && bound <= target)
+        {
+            break;
+        }
+    }
+    let alpha = if target >= chosen_alpha {
+        target.min(bound)
+    } else {
+        target.max(bound)
+    };
+    let error = s.evaluated[chosen].error;
+    let mut curve = s.evaluated;
+    curve.sort_by(|x, y| x.alpha.total_cmp(&y.alpha));
     Ok(PrefixReadout {
         alpha,
-        error: chosen.error,
-        raw_alpha: chosen.alpha,
-        unguarded_alpha: unguarded.alpha,
+        error,
+        raw_alpha: chosen_alpha,
+        unguarded_alpha: unguarded,
         confidence,
         curve,
         prior,
@@ -792,9 +929,13 @@ mod tests {
         .unwrap();
         assert!((r.alpha + 0.6).abs() < 0.02, "{r:?}");
         assert!(r.curve.iter().all(|c| c.rejected.is_none()), "{r:?}");
-        let mut trusted = r.curve.iter().filter(|c| c.alpha.abs() <= 1.0);
+        // the coarse scan's trusted merges (every 0.25 in [−1, 1]) set the reference
+        let mut trusted = r
+            .curve
+            .iter()
+            .filter(|c| c.alpha.abs() <= 1.0 && (4.0 * c.alpha).fract() == 0.0);
         assert!(
-            trusted.clone().count() >= 9 && trusted.all(|c| c.growth > 1.5),
+            trusted.clone().count() >= 9 && trusted.all(|c| c.growth.is_some_and(|g| g > 1.5)),
             "{r:?}"
         );
     }
@@ -896,6 +1037,108 @@ mod tests {
         };
         let r = read_prefix(&l, &mut buf, &mut Pair, obs, None, &cfg).unwrap();
         assert!((r.alpha - 0.6).abs() < 0.02, "{}", r.alpha);
+    }
+
+    /// [`Growth`] that counts the steps it rolls.
+    struct Counted(usize);
+
+    impl Rollout for Counted {
+        type Error = Never;
+        fn rollout(
+            &mut self,
+            theta: &WeightSet,
+            initial: &[f32],
+            steps: usize,
+            out: &mut [f32],
+        ) -> Result<(), Never> {
+            self.0 += steps;
+            Growth.rollout(theta, initial, steps, out)
+        }
+    }
+
+    #[test]
+    fn the_lazy_guard_chooses_what_an_eager_one_does_in_fewer_steps() {
+        let cases: Vec<(Line, Vec<f32>, Option<f64>, PrefixConfig)> = vec![
+            // diverging fits, with a gain that runs into them and one that does not
+            (
+                line(0.88, 1.12),
+                vec![1.0, 1.26, 1.5, 1.8],
+                None,
+                PrefixConfig {
+                    gain: 3.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                line(0.88, 1.12),
+                vec![1.0, 1.26, 1.5, 1.8],
+                Some(0.5),
+                PrefixConfig {
+                    gain: 0.8,
+                    ..Default::default()
+                },
+            ),
+            // physics that grows, a clean fit, a wide interval
+            (
+                line(1.12, 1.2),
+                frames(1.136, 4),
+                None,
+                PrefixConfig::over(Interval { lo: -6.0, hi: 6.0 }),
+            ),
+            (
+                line(1.0, 1.1),
+                frames(1.08, 4),
+                Some(0.0),
+                PrefixConfig::default(),
+            ),
+            // a longer prefix and a longer guard
+            (
+                line(0.9, 1.1),
+                frames(1.13, 6),
+                None,
+                PrefixConfig {
+                    guard_steps: 8,
+                    gain: 1.2,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (k, (l, obs_frames, prior, cfg)) in cases.iter().enumerate() {
+            let run = |eager: bool| {
+                let mut buf = l.buffer();
+                let mut model = Counted(0);
+                let r = search(
+                    l,
+                    &mut buf,
+                    &mut model,
+                    &mut [],
+                    scalar(obs_frames),
+                    *prior,
+                    cfg,
+                    &mut |_, _, _, _, _| unreachable!("no helpers"),
+                    eager,
+                )
+                .unwrap();
+                (r, model.0)
+            };
+            let ((lazy, lazy_steps), (eager, eager_steps)) = (run(false), run(true));
+            assert_eq!(lazy.alpha, eager.alpha, "case {k}");
+            assert_eq!(lazy.raw_alpha, eager.raw_alpha, "case {k}");
+            assert_eq!(lazy.error, eager.error, "case {k}");
+            assert_eq!(lazy.unguarded_alpha, eager.unguarded_alpha, "case {k}");
+            assert_eq!(lazy.confidence, eager.confidence, "case {k}");
+            assert_eq!(lazy.curve.len(), eager.curve.len(), "case {k}");
+            for (a, b) in lazy.curve.iter().zip(&eager.curve) {
+                assert_eq!((a.alpha, a.error), (b.alpha, b.error), "case {k}");
+                if a.growth.is_some() {
+                    assert_eq!(a, b, "case {k}: a guarded candidate is judged alike");
+                }
+            }
+            assert!(
+                lazy_steps < eager_steps,
+                "case {k}: {lazy_steps} steps lazily, {eager_steps} eagerly"
+            );
+        }
     }
 
     #[test]

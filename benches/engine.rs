@@ -20,6 +20,7 @@ use std::path::Path;
 use ccm_twin::ccm::Line;
 use ccm_twin::ccm::prefix::{Helper, Observation, read_prefix, read_prefix_parallel};
 use ccm_twin::config::{Family, FamilyConfig};
+use ccm_twin::infer::gemm::gemm;
 use ccm_twin::infer::{Backend, NativeBackend, OrtBackend, OrtOptions, TractBackend};
 use ccm_twin::models::FamilyModels;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -125,25 +126,29 @@ fn step(c: &mut Criterion) {
 fn roofline(c: &mut Criterion) {
     use ndarray::Array2;
     use ndarray::linalg::general_mat_mul;
-    // the projection: [64 × 20] · [20 × 4096], the FNO's largest product
-    let (m, k, n) = (64, 20, 4096);
-    let a = Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.1);
-    let b = Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.1);
-    let mut out = Array2::<f32>::zeros((m, n));
+    // matrixmultiply (packed, via ndarray) and our unpacked kernel on the forward's shapes: the
+    // projection [64 × 20]·[20 × 4096] (the largest product), the DFT along h and the inverse
+    // along w of a Fourier layer; and a square product, where packed kernels run near their peak
     let mut g = c.benchmark_group("roofline");
-    g.throughput(Throughput::Elements((m * k * n) as u64));
-    g.bench_function("sgemm 64x20 by 20x4096", |bench| {
-        bench.iter(|| general_mat_mul(1.0, black_box(&a), black_box(&b), 0.0, &mut out))
-    });
-    // a square product, where the kernels run near their peak
-    let (m, k, n) = (256, 256, 256);
-    let a = Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i + j) % 7) as f32 * 0.1);
-    let b = Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 3 + j) % 5) as f32 * 0.1);
-    let mut out = Array2::<f32>::zeros((m, n));
-    g.throughput(Throughput::Elements((m * k * n) as u64));
-    g.bench_function("sgemm 256x256 by 256x256", |bench| {
-        bench.iter(|| general_mat_mul(1.0, black_box(&a), black_box(&b), 0.0, &mut out))
-    });
+    for (m, k, n) in [
+        (64, 20, 4096),
+        (48, 64, 480),
+        (1280, 24, 64),
+        (256, 256, 256),
+    ] {
+        let a = Array2::<f32>::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.1);
+        let b = Array2::<f32>::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.1);
+        let mut out = Array2::<f32>::zeros((m, n));
+        g.throughput(Throughput::Elements((m * k * n) as u64));
+        g.bench_function(format!("matrixmultiply {m}x{k} by {k}x{n}"), |bench| {
+            bench.iter(|| general_mat_mul(1.0, black_box(&a), black_box(&b), 0.0, &mut out))
+        });
+        let (a, b) = (a.as_slice().unwrap(), b.as_slice().unwrap());
+        let mut out = vec![0.0f32; m * n];
+        g.bench_function(format!("ours {m}x{k} by {k}x{n}"), |bench| {
+            bench.iter(|| gemm(m, k, n, black_box(a), black_box(b), &mut out, false))
+        });
+    }
     g.finish();
 }
 

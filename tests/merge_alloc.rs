@@ -1,7 +1,7 @@
 //! What allocates on the hot path, watched by a counting global allocator on a shipped family
 //! (~0.9 M parameters): the in-place merge allocates nothing per `α`; deploying a merge into the
-//! native runtime allocates nothing; a native step allocates only its GEMM kernels' packing
-//! space, the same every step (memory stays flat over a rollout).
+//! native runtime allocates nothing; a native step allocates nothing (its matrix products pack
+//! nothing), so a rollout allocates no more for 20 steps than for 2.
 //!
 //! The counters are per thread: each test counts only what its own thread allocates.
 
@@ -99,9 +99,8 @@ fn in_place_merge_allocates_nothing_per_alpha() {
     }
 }
 
-/// Deploying a merge into the native runtime allocates nothing, and a step's allocations are
-/// the GEMM kernels' packing space (`matrixmultiply` takes its own per product, freed before the
-/// product returns), the same amount every step; a roll adds only its window, once.
+/// Deploying a merge into the native runtime allocates nothing, a warm step allocates nothing,
+/// and a roll allocates only its window, once, whatever its length.
 #[test]
 fn the_native_runtime_deploys_without_allocating_and_steps_in_flat_memory() {
     use ccm_twin::infer::{Backend, NativeBackend};
@@ -131,17 +130,18 @@ fn the_native_runtime_deploys_without_allocating_and_steps_in_flat_memory() {
         .collect();
     eprintln!("native step: {per_step:?} (allocations, bytes) per step");
     assert!(
-        per_step.windows(2).all(|w| w[0] == w[1]),
-        "a step's allocations change from step to step: {per_step:?}"
+        per_step.iter().all(|s| *s == (0, 0)),
+        "a warm step allocated: {per_step:?}"
     );
     let mut rolled = vec![0.0; 20 * fl];
     let (_, two, two_bytes) = counted(|| native.roll(&state, 2, &mut rolled).unwrap());
     let (_, twenty, twenty_bytes) = counted(|| native.roll(&state, 20, &mut rolled).unwrap());
-    let (calls, bytes) = per_step[0];
-    assert_eq!(
-        twenty - two,
-        18 * calls,
-        "a roll allocates more than its steps"
+    eprintln!(
+        "native roll: 2 steps {two} allocations ({two_bytes} bytes), 20 steps {twenty} ({twenty_bytes} bytes)"
     );
-    assert_eq!(twenty_bytes - two_bytes, 18 * bytes);
+    assert_eq!(
+        (twenty, twenty_bytes),
+        (two, two_bytes),
+        "18 more steps allocated more"
+    );
 }

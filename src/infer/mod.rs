@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+pub mod gemm;
 pub mod native;
 pub mod onnx_model;
 pub mod ort;

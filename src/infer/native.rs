@@ -1,6 +1,6 @@
 //! The native backend: the FNO forward of [`crate::fno::spec`] written out in Rust on
-//! single-precision GEMMs (ndarray's `general_mat_mul`, which runs `matrixmultiply`'s packed
-//! kernels), for experts our exporter wrote.
+//! single-precision matrix products ([`super::gemm`], our unpacked kernels), for experts our
+//! exporter wrote.
 //!
 //! Why a third runtime: a general ONNX runtime runs the truncated DFT as a chain of small
 //! matrix products with generic kernels and re-optimises the graph whenever the weights change.
@@ -8,10 +8,10 @@
 //!
 //! * deploys a merge by copying the trainable tensors into its own buffer (no graph rebuild:
 //!   the CCM readout deploys a merge per candidate α);
-//! * runs each step on field buffers allocated once at construction (what a step still
-//!   allocates is the GEMM kernels' packing space, which `matrixmultiply` takes per product and
-//!   frees before it returns: 187 allocations, 2.9 MB, the same every step; `tests/merge_alloc.rs`);
-//! * orders the products so each is one large GEMM where the graph has many small ones.
+//! * runs each step on field buffers allocated once at construction, with matrix products that
+//!   pack nothing, so a step allocates nothing (`tests/merge_alloc.rs`);
+//! * orders the products so each is one large GEMM where the graph has many small ones (seven
+//!   per Fourier layer: the two halves of each 2-D DFT are one product each).
 //!
 //! It runs the same arithmetic as the spec (the same DFT bases, the tanh form of GELU, with the
 //! exponential evaluated by a polynomial good to ~1e-7 relative), so it agrees with tract, ONNX
@@ -20,49 +20,11 @@
 //!
 //! Data layout: a field of `c` channels on the `n × n` grid is `[c][h][w]`, row-major.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
-
+use super::gemm::{gemm, wide};
 use super::onnx_model::OnnxExpert;
 use super::{Backend, InferError, StepShape};
 use crate::ccm::WeightSet;
 use crate::fno::spec::{DftBases, FnoConfig, Normalization};
-
-/// `c = a·b (+ c when accumulate)`, all row-major: `a` is `m × k`, `b` is `k × n`.
-fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
-    gemm_strided(m, k, n, a, (k, 1), b, (n, 1), c, (n, 1), accumulate);
-}
-
-/// [`gemm`] with explicit (row, column) strides of each matrix.
-#[allow(clippy::too_many_arguments)]
-fn gemm_strided(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    (rsa, csa): (usize, usize),
-    b: &[f32],
-    (rsb, csb): (usize, usize),
-    c: &mut [f32],
-    (rsc, csc): (usize, usize),
-    accumulate: bool,
-) {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        m > 0
-            && k > 0
-            && n > 0
-            && last(m, k, rsa, csa) < a.len()
-            && last(k, n, rsb, csb) < b.len()
-            && last(m, n, rsc, csc) < c.len(),
-        "gemm operands out of bounds"
-    );
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    let a = ArrayView2::from_shape((m, k).strides((rsa, csa)), a).expect("checked above");
-    let b = ArrayView2::from_shape((k, n).strides((rsb, csb)), b).expect("checked above");
-    let mut c = ArrayViewMut2::from_shape((m, n).strides((rsc, csc)), c).expect("checked above");
-    general_mat_mul(1.0, &a, &b, beta, &mut c);
-}
 
 /// `e^x` for `f32`: `x = n·ln 2 + f` with `n` the nearest integer to `x·log₂e` and `f` taken
 /// off in two parts (ln 2 split into a short high part and a low part, so `f` keeps its
@@ -97,15 +59,21 @@ fn exp_fast(x: f32) -> f32 {
     p * f32::from_bits(bits.wrapping_add(127) << 23)
 }
 
-/// The tanh form of GELU, `x·σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, in place.
+/// The tanh form of GELU, `x·σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, in place, at the
+/// CPU's vector width.
 fn gelu_in_place(xs: &mut [f32]) {
     const TWO_C: f32 = 2.0 * 0.797_884_6;
     const TWO_C_K: f32 = TWO_C * 0.044_715;
-    for x in xs.iter_mut() {
-        let v = *x;
-        let u2 = v * (v * v * TWO_C_K + TWO_C);
-        *x = v / (1.0 + exp_fast(-u2));
-    }
+    wide(
+        #[inline(always)]
+        || {
+            for x in xs.iter_mut() {
+                let v = *x;
+                let u2 = v * (v * v * TWO_C_K + TWO_C);
+                *x = v / (1.0 + exp_fast(-u2));
+            }
+        },
+    );
 }
 
 /// Offsets of the canonical tensors in the parameter buffer.
@@ -132,14 +100,12 @@ struct Bases {
     fwd_w: Vec<f32>,
     /// `[4m, n]`: `cos` rows over `sin` rows, forward along `h`.
     fwd_h: Vec<f32>,
-    /// `[n, 4m]`: `cos/n | −sin/n`, inverse along `h`, real part.
-    inv_h_re: Vec<f32>,
-    /// `[n, 4m]`: `sin/n | cos/n`, inverse along `h`, imaginary part.
-    inv_h_im: Vec<f32>,
-    /// `[m, n]`: `c_k cos / n`, inverse along `w` of the real part.
-    inv_w_re: Vec<f32>,
-    /// `[m, n]`: `−c_k sin / n`, inverse along `w` of the imaginary part.
-    inv_w_im: Vec<f32>,
+    /// `[2n, 4m]`: inverse along `h`; rows `0..n` the real part (`cos/n | −sin/n`), rows
+    /// `n..2n` the imaginary part (`sin/n | cos/n`).
+    inv_h: Vec<f32>,
+    /// `[2m, n]`: inverse along `w`; rows `0..m` of the real part (`c_k cos / n`), rows `m..2m`
+    /// of the imaginary part (`−c_k sin / n`).
+    inv_w: Vec<f32>,
 }
 
 impl Bases {
@@ -155,7 +121,8 @@ impl Bases {
         }
         let mut fwd_h = b.fwd_h_cos.clone();
         fwd_h.extend_from_slice(&b.fwd_h_sin);
-        let (mut inv_h_re, mut inv_h_im) = (vec![0.0; n * 2 * r], vec![0.0; n * 2 * r]);
+        let mut inv_h = vec![0.0; 2 * n * 2 * r];
+        let (inv_h_re, inv_h_im) = inv_h.split_at_mut(n * 2 * r);
         for h in 0..n {
             for j in 0..r {
                 let (c, s) = (b.inv_h_cos[h * r + j], b.inv_h_sin[h * r + j]);
@@ -165,13 +132,13 @@ impl Bases {
                 inv_h_im[h * 2 * r + r + j] = c;
             }
         }
+        let mut inv_w = b.inv_w_cos;
+        inv_w.extend(b.inv_w_sin.iter().map(|x| -x));
         Bases {
             fwd_w,
             fwd_h,
-            inv_h_re,
-            inv_h_im,
-            inv_w_re: b.inv_w_cos,
-            inv_w_im: b.inv_w_sin.iter().map(|x| -x).collect(),
+            inv_h,
+            inv_w,
         }
     }
 }
@@ -186,19 +153,21 @@ struct Scratch {
     next: Vec<f32>,
     /// `[width][n][2m]`: forward along `w` (`re | im` per row).
     xw: Vec<f32>,
-    /// `[2][n][width·m]`: the same, rows `h`, columns `(channel, k)`, real then imaginary.
+    /// `[n][2·width·m]`: the same, rows `h`, columns `(channel, k)` of the real part, then of
+    /// the imaginary part.
     xt: Vec<f32>,
-    /// `[4m][width·m]` twice: `[cos; sin]` times the real and the imaginary part (`p` then
-    /// holds the mixed spectrum per output channel, `[2][width][2m·m]`).
+    /// `[4m][2·width·m]`: `[cos; sin]` times `xt`.
+    pq: Vec<f32>,
+    /// `[2][width][2m·m]`: the mixed spectrum per output channel.
     p: Vec<f32>,
-    q: Vec<f32>,
     /// `[2][width][2m·m]`: the spectrum (real, imaginary) per input channel.
     y: Vec<f32>,
     /// `[2][2m][width·m]`: the mixed spectrum, columns `(o, k)`.
     zs: Vec<f32>,
-    /// `[n][width·m]`: inverse along `h`, real and imaginary.
-    ur: Vec<f32>,
-    ui: Vec<f32>,
+    /// `[2][n][width·m]`: inverse along `h`, real part over imaginary part.
+    uri: Vec<f32>,
+    /// `[width·n][2m]`: the same per output channel and row, real `k`s then imaginary.
+    u: Vec<f32>,
     /// `[hidden][n²]`.
     hidden: Vec<f32>,
     /// `[C][n²]`.
@@ -311,12 +280,12 @@ impl NativeBackend {
                 next: vec![0.0; w * cells],
                 xw: vec![0.0; w * n * r],
                 xt: vec![0.0; 2 * n * w * m],
+                pq: vec![0.0; 4 * r * w * m],
                 p: vec![0.0; 2 * r * w * m],
-                q: vec![0.0; 2 * r * w * m],
                 y: vec![0.0; 2 * r * w * m],
                 zs: vec![0.0; 2 * r * w * m],
-                ur: vec![0.0; n * w * m],
-                ui: vec![0.0; n * w * m],
+                uri: vec![0.0; 2 * n * w * m],
+                u: vec![0.0; w * n * r],
                 hidden: vec![0.0; cfg.hidden * cells],
                 q_out: vec![0.0; cfg.channels * cells],
             },
@@ -354,29 +323,31 @@ impl NativeBackend {
         let b = &self.bases;
         // forward along w: [(i, h), n] · [n, 2m] → [(i, h), re k | im k]
         gemm(w * n, n, r, &s.v, &b.fwd_w, &mut s.xw, false);
-        // to rows h, columns (i, k): real part then imaginary part
-        let (xr, xi) = s.xt.split_at_mut(n * wm);
+        // to rows h, columns (i, k) of the real part, then of the imaginary part
+        let w2 = 2 * wm;
         for i in 0..w {
             for h in 0..n {
                 let src = &s.xw[(i * n + h) * r..][..r];
-                xr[h * wm + i * m..][..m].copy_from_slice(&src[..m]);
-                xi[h * wm + i * m..][..m].copy_from_slice(&src[m..]);
+                let row = &mut s.xt[h * w2..(h + 1) * w2];
+                row[i * m..][..m].copy_from_slice(&src[..m]);
+                row[wm + i * m..][..m].copy_from_slice(&src[m..]);
             }
         }
-        // forward along h on the kept rows: P = [cos; sin]·Xr, Q = [cos; sin]·Xi
-        gemm(2 * r, n, wm, &b.fwd_h, xr, &mut s.p, false);
-        gemm(2 * r, n, wm, &b.fwd_h, xi, &mut s.q, false);
+        // forward along h on the kept rows, one product: [cos; sin]·[Xr | Xi]
+        gemm(2 * r, n, w2, &b.fwd_h, &s.xt, &mut s.pq, false);
         // Yr = cos·Xr + sin·Xi, Yi = cos·Xi − sin·Xr, stored per input channel: [i][r][k]
         let half = r * wm;
         let rm = r * m;
         let (yr, yi) = s.y.split_at_mut(half);
         for row in 0..r {
+            let cos = &s.pq[row * w2..(row + 1) * w2];
+            let sin = &s.pq[(r + row) * w2..(r + row + 1) * w2];
             for i in 0..w {
-                let src = row * wm + i * m;
+                let src = i * m;
                 let dst = i * rm + row * m;
                 for k in 0..m {
-                    yr[dst + k] = s.p[src + k] + s.q[half + src + k];
-                    yi[dst + k] = s.q[src + k] - s.p[half + src + k];
+                    yr[dst + k] = cos[src + k] + sin[wm + src + k];
+                    yi[dst + k] = cos[wm + src + k] - sin[src + k];
                 }
             }
         }
@@ -389,21 +360,26 @@ impl NativeBackend {
         let (zr, zi) = s.p.split_at_mut(half);
         zr.fill(0.0);
         zi.fill(0.0);
-        for i in 0..w {
-            let (yr_i, yi_i) = (&yr[i * rm..(i + 1) * rm], &yi[i * rm..(i + 1) * rm]);
-            for o in 0..w {
-                let at = (i * w + o) * rm;
-                let (ar, ai) = (&wre[at..at + rm], &wim[at..at + rm]);
-                let zr_o = &mut zr[o * rm..(o + 1) * rm];
-                for j in 0..rm {
-                    zr_o[j] += yr_i[j] * ar[j] - yi_i[j] * ai[j];
+        wide(
+            #[inline(always)]
+            || {
+                for i in 0..w {
+                    let (yr_i, yi_i) = (&yr[i * rm..(i + 1) * rm], &yi[i * rm..(i + 1) * rm]);
+                    for o in 0..w {
+                        let at = (i * w + o) * rm;
+                        let (ar, ai) = (&wre[at..at + rm], &wim[at..at + rm]);
+                        let zr_o = &mut zr[o * rm..(o + 1) * rm];
+                        for j in 0..rm {
+                            zr_o[j] += yr_i[j] * ar[j] - yi_i[j] * ai[j];
+                        }
+                        let zi_o = &mut zi[o * rm..(o + 1) * rm];
+                        for j in 0..rm {
+                            zi_o[j] += yr_i[j] * ai[j] + yi_i[j] * ar[j];
+                        }
+                    }
                 }
-                let zi_o = &mut zi[o * rm..(o + 1) * rm];
-                for j in 0..rm {
-                    zi_o[j] += yr_i[j] * ai[j] + yi_i[j] * ar[j];
-                }
-            }
-        }
+            },
+        );
         // back to rows r, columns (o, k), real part over imaginary part
         let (zsr, zsi) = s.zs.split_at_mut(half);
         for o in 0..w {
@@ -414,38 +390,20 @@ impl NativeBackend {
                 zsi[dst..dst + m].copy_from_slice(&zi[src..src + m]);
             }
         }
-        // inverse along h: [n, 4m] · [Zr; Zi] → rows h, columns (o, k)
-        gemm(n, 2 * r, wm, &b.inv_h_re, &s.zs, &mut s.ur, false);
-        gemm(n, 2 * r, wm, &b.inv_h_im, &s.zs, &mut s.ui, false);
-        // real inverse along w, per output channel: [n, m] · [m, n]
+        // inverse along h, one product: [2n, 4m] · [Zr; Zi] → real rows h over imaginary
+        // rows h, columns (o, k)
+        gemm(2 * n, 2 * r, wm, &b.inv_h, &s.zs, &mut s.uri, false);
+        // to rows (o, h), columns k (real, then imaginary)
+        let (ur, ui) = s.uri.split_at(n * wm);
         for o in 0..w {
-            let out = &mut s.next[o * n * n..(o + 1) * n * n];
-            let at = o * m;
-            gemm_strided(
-                n,
-                m,
-                n,
-                &s.ur[at..],
-                (wm, 1),
-                &b.inv_w_re,
-                (n, 1),
-                out,
-                (n, 1),
-                false,
-            );
-            gemm_strided(
-                n,
-                m,
-                n,
-                &s.ui[at..],
-                (wm, 1),
-                &b.inv_w_im,
-                (n, 1),
-                out,
-                (n, 1),
-                true,
-            );
+            for h in 0..n {
+                let dst = &mut s.u[(o * n + h) * r..(o * n + h + 1) * r];
+                dst[..m].copy_from_slice(&ur[h * wm + o * m..][..m]);
+                dst[m..].copy_from_slice(&ui[h * wm + o * m..][..m]);
+            }
         }
+        // real inverse along w, one product for every output channel: [(o, h), 2m] · [2m, n]
+        gemm(w * n, r, n, &s.u, &b.inv_w, &mut s.next, false);
     }
 }
 

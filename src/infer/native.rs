@@ -10,8 +10,8 @@
 //!   the CCM readout deploys a merge per candidate α);
 //! * runs each step on field buffers allocated once at construction, with matrix products that
 //!   pack nothing, so a step allocates nothing (`tests/merge_alloc.rs`);
-//! * orders the products so each is one large GEMM where the graph has many small ones (seven
-//!   per Fourier layer: the two halves of each 2-D DFT are one product each).
+//! * orders the products so each is one large GEMM where the graph has many small ones (five
+//!   per Fourier layer: each half of each 2-D DFT is one product, plus the bypass).
 //!
 //! It runs the same arithmetic as the spec (the same DFT bases, the tanh form of GELU, with the
 //! exponential evaluated by a polynomial good to ~1e-7 relative), so it agrees with tract, ONNX

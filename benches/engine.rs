@@ -18,7 +18,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use ccm_twin::ccm::Line;
-use ccm_twin::ccm::prefix::{Helper, Observation, read_prefix, read_prefix_parallel};
+use ccm_twin::ccm::prefix::{
+    Helper, Observation, prescan, read_prefix, read_prefix_parallel, read_prefix_prescanned,
+};
 use ccm_twin::config::{Family, FamilyConfig};
 use ccm_twin::infer::gemm::gemm;
 use ccm_twin::infer::{Backend, NativeBackend, OrtBackend, OrtOptions, TractBackend};
@@ -245,6 +247,64 @@ fn readout(c: &mut Criterion) {
             .alpha
         })
     });
+    // what `serve` does for the first readout: the coarse scan as soon as the prefix's first
+    // frame is in, the rest when its last frame arrives
+    let fl = s.frame_len;
+    let k = s.prefix.len() / fl;
+    g.bench_function(
+        "prescan at the prefix's first frame, native, 2 threads",
+        |bench| {
+            bench.iter(|| {
+                prescan(
+                    &s.line,
+                    &mut buffer,
+                    &mut native,
+                    &mut helpers,
+                    &s.prefix[..fl],
+                    fl,
+                    k,
+                    &cfg,
+                )
+                .expect("prescan")
+            })
+        },
+    );
+    let pre = prescan(
+        &s.line,
+        &mut buffer,
+        &mut native,
+        &mut helpers,
+        &s.prefix[..fl],
+        fl,
+        k,
+        &cfg,
+    )
+    .expect("prescan");
+    g.bench_function(
+        "readout at the prefix's last frame after a prescan, native, 2 threads",
+        |bench| {
+            bench.iter(|| {
+                let obs = Observation {
+                    frames: &s.prefix,
+                    frame_len: fl,
+                    t_in: 1,
+                    mask: None,
+                };
+                read_prefix_prescanned(
+                    &s.line,
+                    &mut buffer,
+                    &mut native,
+                    &mut helpers,
+                    obs,
+                    None,
+                    &cfg,
+                    &pre,
+                )
+                .expect("readout")
+                .alpha
+            })
+        },
+    );
     g.finish();
 }
 

@@ -90,6 +90,32 @@ fn prefix_then_forecast_beats_the_anchor_out_of_distribution() {
     }
     let c = f.counters();
     assert_eq!((c.accepted, c.forecasts, c.lost), (k as u64 + 1, 2, 0));
+    // the coarse scan was rolled when the first frame came, and the readout is the one made
+    // from the whole prefix at once
+    assert_eq!(c.prescanned, 1);
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
+    let line = ccm_twin::ccm::Line::through_endpoints(
+        models.low.weights.clone(),
+        models.high.weights.clone(),
+    )
+    .unwrap();
+    let mut backend = TractBackend::new(models.anchor.clone()).unwrap();
+    let obs = ccm_twin::ccm::prefix::Observation {
+        frames: &frames[..k * fl],
+        frame_len: fl,
+        t_in: 1,
+        mask: None,
+    };
+    let at_once = ccm_twin::ccm::prefix::read_prefix(
+        &line,
+        &mut line.buffer(),
+        &mut backend,
+        obs,
+        None,
+        &opts.prefix_config,
+    )
+    .unwrap();
+    assert_eq!(alpha, at_once.alpha);
 }
 
 #[test]

@@ -244,7 +244,13 @@ fn candidate<R: Rollout>(
     model
         .rollout(buffer, &obs.frames[..t_in * fl], steps, scratch)
         .map_err(PrefixError::Rollout)?;
-    let predicted = &scratch[..steps * fl];
+    Ok(assess(obs, &scratch[..steps * fl], alpha))
+}
+
+/// Scores the frames `predicted` for the prefix after its first `T_in` against the observed
+/// ones, and keeps where they end for the guard.
+fn assess(obs: Observation<'_>, predicted: &[f32], alpha: f64) -> (Candidate, Tail) {
+    let (fl, t_in) = (obs.frame_len, obs.t_in);
     let observed = &obs.frames[t_in * fl..];
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (i, (p, o)) in predicted.iter().zip(observed).enumerate() {
@@ -255,17 +261,7 @@ fn candidate<R: Rollout>(
     }
     let error = (num / den.max(f64::MIN_POSITIVE)).sqrt();
     let non_finite = predicted.iter().any(|x| !x.is_finite()) || !error.is_finite();
-    // the last T_in frames of start ++ predicted
-    let mut frames = Vec::with_capacity(t_in * fl);
-    let from_start = t_in.saturating_sub(steps);
-    frames.extend_from_slice(&obs.frames[(t_in - from_start) * fl..t_in * fl]);
-    frames.extend_from_slice(&predicted[(steps - (t_in - from_start)) * fl..]);
-    let inside = predicted
-        .chunks(fl)
-        .map(norm)
-        .fold(0.0, f64::max)
-        .max(norm(&obs.frames[(t_in - 1) * fl..t_in * fl]));
-    Ok((
+    (
         Candidate {
             alpha,
             error: if error.is_finite() {
@@ -276,8 +272,24 @@ fn candidate<R: Rollout>(
             growth: non_finite.then_some(f64::INFINITY),
             rejected: non_finite.then_some(Rejection::NonFinite),
         },
-        Tail { frames, inside },
-    ))
+        tail_of(&obs.frames[..t_in * fl], predicted, fl),
+    )
+}
+
+/// Where a rollout from `initial` (`T_in` frames) that predicted `predicted` stands.
+fn tail_of(initial: &[f32], predicted: &[f32], fl: usize) -> Tail {
+    let (t_in, steps) = (initial.len() / fl, predicted.len() / fl);
+    // the last T_in frames of initial ++ predicted
+    let mut frames = Vec::with_capacity(t_in * fl);
+    let from_start = t_in.saturating_sub(steps);
+    frames.extend_from_slice(&initial[(t_in - from_start) * fl..]);
+    frames.extend_from_slice(&predicted[(steps - (t_in - from_start)) * fl..]);
+    let inside = predicted
+        .chunks(fl)
+        .map(norm)
+        .fold(0.0, f64::max)
+        .max(norm(&initial[(t_in - 1) * fl..]));
+    Tail { frames, inside }
 }
 
 /// Rolls `alpha`'s merge `guard_steps` on from the end of its prefix: its growth (infinite when
@@ -477,6 +489,7 @@ pub fn read_prefix<R: Rollout>(
         cfg,
         &mut |_, _, _, _, _| unreachable!("no helpers"),
         false,
+        None,
     )
 }
 
@@ -503,6 +516,7 @@ pub fn read_prefix_parallel<R: Rollout + Send>(
         cfg,
         &mut scan_shared,
         false,
+        None,
     )
 }
 
@@ -516,17 +530,23 @@ type CoarseScan<'h, R> = dyn FnMut(
     ) -> Result<(), PrefixError<<R as Rollout>::Error>>
     + 'h;
 
-fn scan_shared<R: Rollout + Send>(
-    line: &Line,
-    s: &mut Search<'_, R>,
+/// What [`share_grid`] runs per point: a runtime, its merge buffer, scratch space, the `α`.
+type GridWork<'w, R, T> = dyn Fn(&mut WeightSet, &mut R, &mut [f32], f64) -> Result<T, PrefixError<<R as Rollout>::Error>>
+    + Sync
+    + 'w;
+
+/// `work` on every point of `grid`, results in grid order: the caller's runtime takes every
+/// `(helpers + 1)`-th point from the first, each helper the ones after its turn, in a thread of
+/// its own.
+fn share_grid<R: Rollout + Send, T: Send>(
+    (buffer, model): (&mut WeightSet, &mut R),
     helpers: &mut [Helper<R>],
-    obs: Observation<'_>,
     grid: &[f64],
-) -> Result<(), PrefixError<R::Error>> {
+    scratch_len: usize,
+    work: &GridWork<'_, R, T>,
+) -> Result<Vec<T>, PrefixError<R::Error>> {
     let workers = helpers.len() + 1;
-    let scratch_len = s.scratch.len();
-    type Share<E> = Vec<Result<(Candidate, Tail), PrefixError<E>>>;
-    let shares: Vec<Share<R::Error>> = std::thread::scope(|scope| {
+    let shares: Vec<Vec<Result<T, PrefixError<R::Error>>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = helpers
             .iter_mut()
             .enumerate()
@@ -536,24 +556,16 @@ fn scan_shared<R: Rollout + Send>(
                     grid.iter()
                         .skip(h + 1)
                         .step_by(workers)
-                        .map(|&a| {
-                            candidate(
-                                line,
-                                &mut helper.buffer,
-                                &mut helper.model,
-                                obs,
-                                &mut scratch,
-                                a,
-                            )
-                        })
+                        .map(|&a| work(&mut helper.buffer, &mut helper.model, &mut scratch, a))
                         .collect()
                 })
             })
             .collect();
+        let mut scratch = vec![0.0f32; scratch_len];
         let mine: Vec<_> = grid
             .iter()
             .step_by(workers)
-            .map(|&a| candidate(line, s.buffer, s.model, obs, &mut s.scratch, a))
+            .map(|&a| work(buffer, model, &mut scratch, a))
             .collect();
         let mut all = vec![mine];
         all.extend(
@@ -564,13 +576,180 @@ fn scan_shared<R: Rollout + Send>(
         all
     });
     let mut iters: Vec<_> = shares.into_iter().map(|v| v.into_iter()).collect();
-    for i in 0..grid.len() {
-        let (c, tail) = iters[i % workers]
-            .next()
-            .expect("one result per grid point")?;
+    (0..grid.len())
+        .map(|i| {
+            iters[i % workers]
+                .next()
+                .expect("one result per grid point")
+        })
+        .collect()
+}
+
+fn scan_shared<R: Rollout + Send>(
+    line: &Line,
+    s: &mut Search<'_, R>,
+    helpers: &mut [Helper<R>],
+    obs: Observation<'_>,
+    grid: &[f64],
+) -> Result<(), PrefixError<R::Error>> {
+    let scored = share_grid(
+        (&mut *s.buffer, &mut *s.model),
+        helpers,
+        grid,
+        s.scratch.len(),
+        &|buffer, model, scratch, a| candidate(line, buffer, model, obs, scratch, a),
+    )?;
+    for (c, tail) in scored {
         s.push(c, tail)?;
     }
     Ok(())
+}
+
+/// The part of a prefix readout that needs only the prefix's first `T_in` frames: the coarse
+/// scan's rollouts through the prefix, and the guards of its trusted merges (`|α| ≤ 1`). A
+/// candidate's prediction does not depend on the frames it is scored against, so a runtime can
+/// make this as soon as a prefix starts and keep only the scoring, the refinement and the other
+/// guards for when its last frame arrives ([`read_prefix_prescanned`]: the same readout).
+#[derive(Debug, Clone)]
+pub struct Prescan {
+    initial: Vec<f32>,
+    frame_len: usize,
+    steps: usize,
+    guard_steps: usize,
+    grid: Vec<f64>,
+    /// Per grid point, its predicted frames.
+    predicted: Vec<Vec<f32>>,
+    /// Per grid point, the growth of a trusted merge.
+    growth: Vec<Option<f64>>,
+}
+
+impl Prescan {
+    /// The frames it starts from.
+    pub fn initial(&self) -> &[f32] {
+        &self.initial
+    }
+
+    /// Whether it was made for this prefix (its first frames, its length) and search.
+    pub fn fits(&self, obs: Observation<'_>, cfg: &PrefixConfig) -> bool {
+        self.matches(obs, &coarse_grid(cfg), cfg)
+    }
+
+    fn matches(&self, obs: Observation<'_>, grid: &[f64], cfg: &PrefixConfig) -> bool {
+        let fl = obs.frame_len;
+        self.frame_len == fl
+            && self.steps + obs.t_in == obs.len()
+            && self.guard_steps == cfg.guard_steps
+            && self.grid == grid
+            && self.initial == obs.frames[..obs.t_in * fl]
+    }
+}
+
+/// The coarse grid of `cfg`.
+fn coarse_grid(cfg: &PrefixConfig) -> Vec<f64> {
+    let (lo, hi) = (cfg.interval.lo, cfg.interval.hi);
+    let n = cfg.coarse.max(2);
+    (0..n)
+        .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+        .collect()
+}
+
+/// Makes the [`Prescan`] of a `prefix_len`-frame prefix that starts with `initial` (its first
+/// `T_in` frames), sharing the work with `helpers` as [`read_prefix_parallel`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn prescan<R: Rollout + Send>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    helpers: &mut [Helper<R>],
+    initial: &[f32],
+    frame_len: usize,
+    prefix_len: usize,
+    cfg: &PrefixConfig,
+) -> Result<Prescan, PrefixError<R::Error>> {
+    let fl = frame_len;
+    if fl == 0 || initial.is_empty() || !initial.len().is_multiple_of(fl) {
+        return Err(PrefixError::BadPrefix(format!(
+            "{} starting values is not a whole number of {fl}-value frames",
+            initial.len()
+        )));
+    }
+    let t_in = initial.len() / fl;
+    if prefix_len <= t_in {
+        return Err(PrefixError::BadPrefix(format!(
+            "a prefix of {prefix_len} frames, need more than T_in = {t_in}"
+        )));
+    }
+    let steps = prefix_len - t_in;
+    let grid = coarse_grid(cfg);
+    let guard_steps = cfg.guard_steps;
+    let rolled = share_grid(
+        (buffer, model),
+        helpers,
+        &grid,
+        steps.max(guard_steps) * fl,
+        &|buffer, model, scratch, a| {
+            line.merge_into(a as f32, buffer)?;
+            model
+                .rollout(buffer, initial, steps, scratch)
+                .map_err(PrefixError::Rollout)?;
+            let predicted = scratch[..steps * fl].to_vec();
+            let finite = predicted.iter().all(|x| x.is_finite());
+            let growth = if a.abs() <= 1.0 && guard_steps > 0 && finite {
+                let tail = tail_of(initial, &predicted, fl);
+                Some(guard(
+                    line,
+                    buffer,
+                    model,
+                    &tail,
+                    guard_steps,
+                    fl,
+                    scratch,
+                    a,
+                )?)
+            } else {
+                None
+            };
+            Ok((predicted, growth))
+        },
+    )?;
+    let (predicted, growth) = rolled.into_iter().unzip();
+    Ok(Prescan {
+        initial: initial.to_vec(),
+        frame_len: fl,
+        steps,
+        guard_steps,
+        grid,
+        predicted,
+        growth,
+    })
+}
+
+/// [`read_prefix_parallel`] on a prefix whose coarse scan `pre` already rolled: the same
+/// readout, with only the scoring, the refinement and the guards the choice needs left to do.
+/// A `pre` made for another start, length or search is ignored (the readout then does it all).
+#[allow(clippy::too_many_arguments)]
+pub fn read_prefix_prescanned<R: Rollout + Send>(
+    line: &Line,
+    buffer: &mut WeightSet,
+    model: &mut R,
+    helpers: &mut [Helper<R>],
+    obs: Observation<'_>,
+    prior: Option<f64>,
+    cfg: &PrefixConfig,
+    pre: &Prescan,
+) -> Result<PrefixReadout, PrefixError<R::Error>> {
+    search(
+        line,
+        buffer,
+        model,
+        helpers,
+        obs,
+        prior,
+        cfg,
+        &mut scan_shared,
+        false,
+        Some(pre),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -584,6 +763,7 @@ fn search<R: Rollout>(
     cfg: &PrefixConfig,
     scan: &mut CoarseScan<'_, R>,
     eager: bool,
+    pre: Option<&Prescan>,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
     let fl = obs.frame_len;
     if fl == 0 || !obs.frames.len().is_multiple_of(fl) {
@@ -619,11 +799,20 @@ fn search<R: Rollout>(
         eager,
     };
     let (lo, hi) = (cfg.interval.lo, cfg.interval.hi);
-    let n = cfg.coarse.max(2);
-    let grid: Vec<f64> = (0..n)
-        .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
-        .collect();
-    if helpers.is_empty() {
+    let grid = coarse_grid(cfg);
+    let n = grid.len();
+    if let Some(pre) = pre.filter(|p| p.matches(obs, &grid, cfg)) {
+        for (i, &a) in grid.iter().enumerate() {
+            let (mut c, tail) = assess(obs, &pre.predicted[i], a);
+            if let (None, Some(g)) = (c.rejected, pre.growth[i]) {
+                c.growth = Some(g);
+                if !g.is_finite() {
+                    c.rejected = Some(Rejection::NonFinite);
+                }
+            }
+            s.push(c, tail)?;
+        }
+    } else if helpers.is_empty() {
         for &a in &grid {
             s.evaluate(a)?;
         }
@@ -1117,6 +1306,7 @@ mod tests {
                     cfg,
                     &mut |_, _, _, _, _| unreachable!("no helpers"),
                     eager,
+                    None,
                 )
                 .unwrap();
                 (r, model.0)
@@ -1138,6 +1328,88 @@ mod tests {
                 lazy_steps < eager_steps,
                 "case {k}: {lazy_steps} steps lazily, {eager_steps} eagerly"
             );
+        }
+    }
+
+    #[test]
+    fn a_prescanned_readout_is_the_readout() {
+        let cases: Vec<(Line, Vec<f32>, PrefixConfig)> = vec![
+            (
+                line(0.88, 1.12),
+                vec![1.0, 1.26, 1.5, 1.8],
+                PrefixConfig {
+                    gain: 1.1,
+                    ..Default::default()
+                },
+            ),
+            (
+                line(1.12, 1.2),
+                frames(1.136, 4),
+                PrefixConfig::over(Interval { lo: -6.0, hi: 6.0 }),
+            ),
+            (line(1.0, 1.1), frames(1.08, 6), PrefixConfig::default()),
+        ];
+        for (k, (l, obs_frames, cfg)) in cases.iter().enumerate() {
+            let obs = scalar(obs_frames);
+            let mut buf = l.buffer();
+            let plain = read_prefix(l, &mut buf, &mut Growth, obs, None, cfg).unwrap();
+            for helpers in 0..=1 {
+                let mut pool: Vec<Helper<Growth>> = (0..helpers)
+                    .map(|_| Helper {
+                        model: Growth,
+                        buffer: l.buffer(),
+                    })
+                    .collect();
+                let pre = prescan(
+                    l,
+                    &mut buf,
+                    &mut Growth,
+                    &mut pool,
+                    &obs_frames[..1],
+                    1,
+                    obs_frames.len(),
+                    cfg,
+                )
+                .unwrap();
+                // scored when the prefix is complete: the frames after the first were not
+                // needed before
+                let r = read_prefix_prescanned(
+                    l,
+                    &mut buf,
+                    &mut Growth,
+                    &mut pool,
+                    obs,
+                    None,
+                    cfg,
+                    &pre,
+                )
+                .unwrap();
+                assert_eq!(r, plain, "case {k}, {helpers} helper(s)");
+                // a prescan of another start is not used
+                let other = prescan(
+                    l,
+                    &mut buf,
+                    &mut Growth,
+                    &mut pool,
+                    &[2.0],
+                    1,
+                    obs_frames.len(),
+                    cfg,
+                )
+                .unwrap();
+                let r = read_prefix_prescanned(
+                    l,
+                    &mut buf,
+                    &mut Growth,
+                    &mut pool,
+                    obs,
+                    None,
+                    cfg,
+                    &other,
+                )
+                .unwrap();
+                assert_eq!(r, plain, "case {k}: a stale prescan");
+            }
         }
     }
 

@@ -29,7 +29,10 @@ use std::time::Instant;
 
 use super::analysis::{Analyser, AnalysisError, OiConfig};
 
-use crate::ccm::prefix::{Helper, Observation, PrefixConfig, PrefixError, read_prefix_parallel};
+use crate::ccm::prefix::{
+    Helper, Observation, PrefixConfig, PrefixError, Prescan, prescan, read_prefix_parallel,
+    read_prefix_prescanned,
+};
 use crate::ccm::{Interval, Line, WeightSet};
 use crate::infer::{Backend, InferError, StepShape};
 use crate::models::FamilyModels;
@@ -272,6 +275,9 @@ pub struct ForecasterCounters {
     pub fallbacks: u64,
     /// Sparse frames made whole by the analysis.
     pub analysed: u64,
+    /// Prefix readouts whose coarse scan was rolled when the prefix started
+    /// ([`crate::ccm::prefix::Prescan`]).
+    pub prescanned: u64,
 }
 
 /// Where the background of a sparse frame's analysis came from.
@@ -359,6 +365,8 @@ pub struct Forecaster<B: Backend> {
     background_buf: Vec<f32>,
     /// The caller dropped frames: the next gap is final at once.
     gap_expected: bool,
+    /// The coarse scan of the first readout, rolled as soon as its prefix started.
+    prescan: Option<Prescan>,
 
     frame_dt_us: u64,
     counters: ForecasterCounters,
@@ -441,6 +449,7 @@ impl<B: Backend + Send> Forecaster<B> {
             last_background: None,
             background_buf: Vec::new(),
             gap_expected: false,
+            prescan: None,
             prefix_frames: Vec::with_capacity(opts.prefix * shape.frame_len()),
             opts,
             backend,
@@ -783,12 +792,43 @@ impl<B: Backend + Send> Forecaster<B> {
             Some(_) => (self.shape.t_in, self.window.len()),
         };
         if have < need {
+            if self.deployment.is_none()
+                && have == self.shape.t_in
+                && matches!(self.opts.readout, ReadoutMode::Prefix)
+            {
+                self.start_prescan()?;
+            }
             return Ok(Progress::Filling {
                 have,
                 need: self.opts.prefix,
             });
         }
         self.cycle(arrived)
+    }
+
+    /// Rolls the first readout's coarse scan from the frames that start its prefix (the last
+    /// `T_in` held), while the rest of the prefix is still to come; the anchor is deployed again
+    /// afterwards (it steps the sparse frames' backgrounds until the first readout).
+    fn start_prescan(&mut self) -> Result<(), ForecastError> {
+        let t_in = self.shape.t_in;
+        self.prefix_frames.clear();
+        for h in self.window.iter().skip(self.window.len() - t_in) {
+            self.prefix_frames.extend_from_slice(&h.values);
+        }
+        let pre = prescan(
+            &self.line,
+            &mut self.buffer,
+            &mut self.backend,
+            &mut self.helpers,
+            &self.prefix_frames,
+            self.shape.frame_len(),
+            self.opts.prefix,
+            &self.opts.prefix_config,
+        );
+        self.backend.deploy(&self.anchor)?;
+        // a failed prescan costs nothing but time: the readout then rolls the scan itself
+        self.prescan = pre.ok();
+        Ok(())
     }
 
     /// Readout (when due), merge, deploy and roll forward from the latest frame.
@@ -884,15 +924,30 @@ impl<B: Backend + Send> Forecaster<B> {
                     t_in: self.shape.t_in,
                     mask: masked.then_some(self.mask.as_slice()),
                 };
-                let r = read_prefix_parallel(
-                    &self.line,
-                    &mut self.buffer,
-                    &mut self.backend,
-                    &mut self.helpers,
-                    obs,
-                    None,
-                    &self.opts.prefix_config,
-                )?;
+                let r = match self.prescan.take() {
+                    Some(pre) if pre.fits(obs, &self.opts.prefix_config) => {
+                        self.counters.prescanned += 1;
+                        read_prefix_prescanned(
+                            &self.line,
+                            &mut self.buffer,
+                            &mut self.backend,
+                            &mut self.helpers,
+                            obs,
+                            None,
+                            &self.opts.prefix_config,
+                            &pre,
+                        )?
+                    }
+                    _ => read_prefix_parallel(
+                        &self.line,
+                        &mut self.buffer,
+                        &mut self.backend,
+                        &mut self.helpers,
+                        obs,
+                        None,
+                        &self.opts.prefix_config,
+                    )?,
+                };
                 Ok(Deployment {
                     alpha: r.alpha,
                     confidence: Some(r.confidence),

@@ -424,3 +424,88 @@ async fn the_metrics_endpoint_counts_what_the_runtime_sees() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// A station that stops sending: after `silent_after_seconds` without a valid frame the runtime
+/// raises a `station_silent` alert, and the next valid frame clears it (same id). Frames that
+/// are refused do not count as signs of life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_station_raises_an_alert_that_its_next_frame_clears() {
+    use ccm_twin::twin::mqtt::{LinkOptions, MqttLink};
+    use firmware_bridge::dashboard::{AlertKind, AlertMessage};
+    use firmware_bridge::topic::Topic;
+
+    let broker = Mosquitto::start();
+    let station = "st-silent";
+    let mut cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
+    cfg.broker.port = broker.port();
+    cfg.station.id = station.into();
+    cfg.station.silent_after_seconds = 1.5;
+    cfg.alerts.clear();
+    let mut alerts =
+        Subscriber::connect(broker.addr(), &format!("ccm/{station}/alerts"), None).await;
+    let (stop_tx, _events, server) = mqtt_support::spawn_serve(cfg);
+    let link = MqttLink::start(LinkOptions::new(broker.addr().into(), "silent-sender")).unwrap();
+    assert!(link.wait_connected(Duration::from_secs(10)).await);
+    let family = FamilyConfig::builtin(Family::DamBreak);
+    let mut sim = StationSimulator::new(&family, SimulatorOptions::new(station, 0.03, 2)).unwrap();
+    let next_alert =
+        |m: mqtt_support::Msg| -> AlertMessage { serde_json::from_slice(&m.payload).unwrap() };
+
+    // two frames, then nothing valid: garbage keeps coming, which is not a sign of life
+    tokio::time::sleep(Duration::from_millis(500)).await; // the runtime subscribes
+    for _ in 0..2 {
+        link.publish_to(
+            Topic::Frames,
+            station,
+            sim.next_frame().unwrap().encode().unwrap(),
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        link.publish_to(Topic::Frames, station, vec![0x43, 0x54, 0x01])
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let raised = next_alert(
+        alerts
+            .recv(Duration::from_secs(10))
+            .await
+            .expect("a silence alert"),
+    );
+    let after = started.elapsed();
+    eprintln!("after {after:?}: {raised:?}");
+    assert_eq!(raised.kind, AlertKind::StationSilent);
+    assert!(!raised.all_clear);
+    assert!(
+        raised.message.contains("the last was seq 1"),
+        "{}",
+        raised.message
+    );
+    assert!(
+        after >= Duration::from_millis(1000),
+        "raised too early: {after:?}"
+    );
+    // the station comes back
+    link.publish_to(
+        Topic::Frames,
+        station,
+        sim.next_frame().unwrap().encode().unwrap(),
+    )
+    .unwrap();
+    let cleared = next_alert(
+        alerts
+            .recv(Duration::from_secs(10))
+            .await
+            .expect("an all-clear"),
+    );
+    assert_eq!(
+        (cleared.kind, cleared.all_clear),
+        (AlertKind::StationSilent, true)
+    );
+    assert_eq!(cleared.id, raised.id);
+    assert!(cleared.message.contains("seq 2"), "{}", cleared.message);
+    let _ = stop_tx.send(());
+    let summary = server.await.unwrap().unwrap();
+    assert_eq!(summary.counters.alerts_published, 2);
+}

@@ -271,6 +271,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             readout_threads: None,
             max_backlog: 16,
             gap_policy: Default::default(),
+            silent_after_seconds: 30.0,
         },
         alerts,
         metrics: None,

@@ -237,10 +237,18 @@ pub struct StationSection {
     /// (default), or `fill` them from the forecast made for them when it covers them.
     #[serde(default)]
     pub gap_policy: super::forecaster::GapPolicy,
+    /// Seconds without a valid frame after which a `station_silent` alert is raised (cleared by
+    /// the next valid frame). Default 30.
+    #[serde(default = "default_silent_after")]
+    pub silent_after_seconds: f64,
 }
 
 fn default_backlog() -> usize {
     16
+}
+
+fn default_silent_after() -> f64 {
+    30.0
 }
 
 fn default_reorder() -> u32 {
@@ -448,6 +456,12 @@ impl StationConfig {
             problems.push(format!(
                 "station.max_backlog: 1 to 4096 (got {})",
                 self.station.max_backlog
+            ));
+        }
+        let silent = self.station.silent_after_seconds;
+        if !(silent.is_finite() && (0.1..=86_400.0).contains(&silent)) {
+            problems.push(format!(
+                "station.silent_after_seconds: 0.1 to 86400 (got {silent})"
             ));
         }
         if let Some(t) = self.station.readout_threads
@@ -727,7 +741,12 @@ pub async fn serve(
     enum Next {
         Message(super::mqtt::Received),
         Poll,
+        Silent,
     }
+    let silent_after = Duration::from_secs_f64(cfg.station.silent_after_seconds);
+    let mut last_valid = (tokio::time::Instant::now(), None::<u32>);
+    // the id of the station-silent alert in force, and how many were raised
+    let (mut silent, mut silences) = (None::<String>, 0u64);
     loop {
         // the metrics page follows every frame (the retained status only every cycle)
         if let Some(m) = metrics {
@@ -748,10 +767,39 @@ pub async fn serve(
         let next = tokio::select! {
             m = inbox.next() => match m { Some(m) => Next::Message(m), None => break },
             _ = ticker.tick(), if poll.is_some() => Next::Poll,
+            () = tokio::time::sleep_until(last_valid.0 + silent_after), if silent.is_none() => {
+                Next::Silent
+            }
             () = &mut shutdown => break,
         };
         let msg = match next {
             Next::Message(m) if m.topic != bundle_topic => m,
+            Next::Silent => {
+                silences += 1;
+                let id = format!("{station}-silent-{silences}");
+                let last = last_valid
+                    .1
+                    .map_or("none since the runtime started".to_string(), |s| {
+                        format!("the last was seq {s}")
+                    });
+                let a = silence_alert(
+                    &station,
+                    &id,
+                    false,
+                    format!(
+                        "no valid frame from {station} for {} ({last}); no forecasts until \
+                         frames come again: check the station, its power and its link",
+                        super::mqtt::fmt_duration(silent_after)
+                    ),
+                );
+                tracing::warn!(%station, "{}", a.message);
+                publish_alert(&link, &topic(Topic::Alerts), &a)?;
+                counters.alerts_published += 1;
+                emit(ServeEvent::Alert(a));
+                publish(&mut status, &counters)?;
+                silent = Some(id);
+                continue;
+            }
             other => {
                 // a model update: from the watched folder, or published on the bundle topic
                 let (Some(u), Some(keys)) = (&cfg.updates, &updates) else {
@@ -763,6 +811,7 @@ pub async fn serve(
                         Some(dir) => take_packages(dir, u.max_bundle_mib << 20),
                         None => Vec::new(),
                     },
+                    Next::Silent => unreachable!("handled above"),
                 };
                 for (source, package) in packages {
                     let (release, message) = match apply_update(
@@ -838,6 +887,19 @@ pub async fn serve(
                 continue;
             }
         };
+        last_valid = (tokio::time::Instant::now(), Some(frame.seq));
+        if let Some(id) = silent.take() {
+            let a = silence_alert(
+                &station,
+                &id,
+                true,
+                format!("frames from {station} again (seq {})", frame.seq),
+            );
+            tracing::info!(%station, "{}", a.message);
+            publish_alert(&link, &topic(Topic::Alerts), &a)?;
+            counters.alerts_published += 1;
+            emit(ServeEvent::Alert(a));
+        }
         let Some(seq) = map.model_seq(frame.seq) else {
             // between two model steps
             counters.frames_skipped += 1;
@@ -942,12 +1004,7 @@ pub async fn serve(
         status.fallback = fallback;
         for ((rule, probe), state) in cfg.alerts.iter().zip(&probes).zip(alerts.iter_mut()) {
             if let Some(a) = check_alert(rule, probe, state, &station, &frames, &stamps) {
-                link.publish(
-                    topic(Topic::Alerts),
-                    QoS::AtLeastOnce,
-                    false,
-                    serde_json::to_vec(&a).expect("alert serialises"),
-                )?;
+                publish_alert(&link, &topic(Topic::Alerts), &a)?;
                 counters.alerts_published += 1;
                 emit(ServeEvent::Alert(a));
             }
@@ -1205,6 +1262,33 @@ impl Inbox {
 /// Counts a rejection (or a withheld forecast) under `reason`.
 fn count(counters: &mut Counters, reason: &str) {
     *counters.frames_rejected.entry(reason.into()).or_default() += 1;
+}
+
+/// Publishes an alert (QoS 1, not retained).
+fn publish_alert(link: &MqttLink, topic: &str, a: &AlertMessage) -> Result<(), MqttError> {
+    link.publish(
+        topic.to_string(),
+        QoS::AtLeastOnce,
+        false,
+        serde_json::to_vec(a).expect("alert serialises"),
+    )
+}
+
+/// The station-silent alert `id` (raised, or cleared when `all_clear`).
+fn silence_alert(station: &str, id: &str, all_clear: bool, message: String) -> AlertMessage {
+    AlertMessage {
+        schema: 1,
+        id: id.to_string(),
+        station: station.to_string(),
+        kind: AlertKind::StationSilent,
+        level: AlertLevel::Warning,
+        issued_at_us: super::unix_time_us(),
+        point: None,
+        threshold: None,
+        expected_crossing_us: None,
+        all_clear,
+        message,
+    }
 }
 
 /// The frame's values on the model's terms, or (counter name, why) not.

@@ -298,7 +298,7 @@ fn readout(c: &mut Criterion) {
                     obs,
                     None,
                     &cfg,
-                    &pre,
+                    Some(&pre),
                 )
                 .expect("readout")
                 .alpha

@@ -726,7 +726,8 @@ pub fn prescan<R: Rollout + Send>(
 
 /// [`read_prefix_parallel`] on a prefix whose coarse scan `pre` already rolled: the same
 /// readout, with only the scoring, the refinement and the guards the choice needs left to do.
-/// A `pre` made for another start, length or search is ignored (the readout then does it all).
+/// Without a `pre`, or with one made for another start, length or search, the readout does it
+/// all.
 #[allow(clippy::too_many_arguments)]
 pub fn read_prefix_prescanned<R: Rollout + Send>(
     line: &Line,
@@ -736,7 +737,7 @@ pub fn read_prefix_prescanned<R: Rollout + Send>(
     obs: Observation<'_>,
     prior: Option<f64>,
     cfg: &PrefixConfig,
-    pre: &Prescan,
+    pre: Option<&Prescan>,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
     search(
         line,
@@ -748,7 +749,7 @@ pub fn read_prefix_prescanned<R: Rollout + Send>(
         cfg,
         &mut scan_shared,
         false,
-        Some(pre),
+        pre,
     )
 }
 
@@ -1381,7 +1382,7 @@ mod tests {
                     obs,
                     None,
                     cfg,
-                    &pre,
+                    Some(&pre),
                 )
                 .unwrap();
                 assert_eq!(r, plain, "case {k}, {helpers} helper(s)");
@@ -1405,10 +1406,22 @@ mod tests {
                     obs,
                     None,
                     cfg,
-                    &other,
+                    Some(&other),
                 )
                 .unwrap();
                 assert_eq!(r, plain, "case {k}: a stale prescan");
+                let r = read_prefix_prescanned(
+                    l,
+                    &mut buf,
+                    &mut Growth,
+                    &mut pool,
+                    obs,
+                    None,
+                    cfg,
+                    None,
+                )
+                .unwrap();
+                assert_eq!(r, plain, "case {k}: no prescan");
             }
         }
     }

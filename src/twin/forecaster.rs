@@ -30,8 +30,7 @@ use std::time::Instant;
 use super::analysis::{Analyser, AnalysisError, OiConfig};
 
 use crate::ccm::prefix::{
-    Helper, Observation, PrefixConfig, PrefixError, Prescan, prescan, read_prefix_parallel,
-    read_prefix_prescanned,
+    Helper, Observation, PrefixConfig, PrefixError, Prescan, prescan, read_prefix_prescanned,
 };
 use crate::ccm::{Interval, Line, WeightSet};
 use crate::infer::{Backend, InferError, StepShape};
@@ -924,30 +923,19 @@ impl<B: Backend + Send> Forecaster<B> {
                     t_in: self.shape.t_in,
                     mask: masked.then_some(self.mask.as_slice()),
                 };
-                let r = match self.prescan.take() {
-                    Some(pre) if pre.fits(obs, &self.opts.prefix_config) => {
-                        self.counters.prescanned += 1;
-                        read_prefix_prescanned(
-                            &self.line,
-                            &mut self.buffer,
-                            &mut self.backend,
-                            &mut self.helpers,
-                            obs,
-                            None,
-                            &self.opts.prefix_config,
-                            &pre,
-                        )?
-                    }
-                    _ => read_prefix_parallel(
-                        &self.line,
-                        &mut self.buffer,
-                        &mut self.backend,
-                        &mut self.helpers,
-                        obs,
-                        None,
-                        &self.opts.prefix_config,
-                    )?,
-                };
+                let cfg = &self.opts.prefix_config;
+                let pre = self.prescan.take().filter(|p| p.fits(obs, cfg));
+                self.counters.prescanned += u64::from(pre.is_some());
+                let r = read_prefix_prescanned(
+                    &self.line,
+                    &mut self.buffer,
+                    &mut self.backend,
+                    &mut self.helpers,
+                    obs,
+                    None,
+                    cfg,
+                    pre.as_ref(),
+                )?;
                 Ok(Deployment {
                     alpha: r.alpha,
                     confidence: Some(r.confidence),

@@ -179,6 +179,12 @@ fn readout(c: &mut Criterion) {
     let s = setup();
     let cfg = s.bundle.prefix_config();
     let mut buffer = s.line.buffer();
+    let obs = Observation {
+        frames: &s.prefix,
+        frame_len: s.frame_len,
+        t_in: 1,
+        mask: None,
+    };
     let mut g = c.benchmark_group("readout");
     g.sample_size(10);
     for (name, mut b) in runtimes(&s) {
@@ -187,12 +193,6 @@ fn readout(c: &mut Criterion) {
         }
         g.bench_function(format!("prefix readout K=4, {name}"), |bench| {
             bench.iter(|| {
-                let obs = Observation {
-                    frames: &s.prefix,
-                    frame_len: s.frame_len,
-                    t_in: 1,
-                    mask: None,
-                };
                 read_prefix(&s.line, &mut buffer, &mut b, obs, None, &cfg)
                     .expect("readout")
                     .alpha
@@ -202,12 +202,6 @@ fn readout(c: &mut Criterion) {
     // the steps one readout rolls: every candidate through the prefix, the guarded ones on past it
     {
         let mut native = NativeBackend::new(&s.bundle.anchor).expect("native");
-        let obs = Observation {
-            frames: &s.prefix,
-            frame_len: s.frame_len,
-            t_in: 1,
-            mask: None,
-        };
         let r = read_prefix(&s.line, &mut buffer, &mut native, obs, None, &cfg).expect("readout");
         let prefix_steps = s.prefix.len() / s.frame_len - 1;
         let guarded = r.curve.iter().filter(|c| c.growth.is_some()).count();
@@ -228,12 +222,6 @@ fn readout(c: &mut Criterion) {
     }];
     g.bench_function("prefix readout K=4, native, 2 threads", |bench| {
         bench.iter(|| {
-            let obs = Observation {
-                frames: &s.prefix,
-                frame_len: s.frame_len,
-                t_in: 1,
-                mask: None,
-            };
             read_prefix_parallel(
                 &s.line,
                 &mut buffer,
@@ -251,45 +239,28 @@ fn readout(c: &mut Criterion) {
     // frame is in, the rest when its last frame arrives
     let fl = s.frame_len;
     let k = s.prefix.len() / fl;
+    let mut run_prescan = || {
+        prescan(
+            &s.line,
+            &mut buffer,
+            &mut native,
+            &mut helpers,
+            &s.prefix[..fl],
+            fl,
+            k,
+            &cfg,
+        )
+        .expect("prescan")
+    };
     g.bench_function(
         "prescan at the prefix's first frame, native, 2 threads",
-        |bench| {
-            bench.iter(|| {
-                prescan(
-                    &s.line,
-                    &mut buffer,
-                    &mut native,
-                    &mut helpers,
-                    &s.prefix[..fl],
-                    fl,
-                    k,
-                    &cfg,
-                )
-                .expect("prescan")
-            })
-        },
+        |bench| bench.iter(&mut run_prescan),
     );
-    let pre = prescan(
-        &s.line,
-        &mut buffer,
-        &mut native,
-        &mut helpers,
-        &s.prefix[..fl],
-        fl,
-        k,
-        &cfg,
-    )
-    .expect("prescan");
+    let pre = run_prescan();
     g.bench_function(
         "readout at the prefix's last frame after a prescan, native, 2 threads",
         |bench| {
             bench.iter(|| {
-                let obs = Observation {
-                    frames: &s.prefix,
-                    frame_len: fl,
-                    t_in: 1,
-                    mask: None,
-                };
                 read_prefix_prescanned(
                     &s.line,
                     &mut buffer,

@@ -624,11 +624,6 @@ pub struct Prescan {
 }
 
 impl Prescan {
-    /// The frames it starts from.
-    pub fn initial(&self) -> &[f32] {
-        &self.initial
-    }
-
     /// Whether it was made for this prefix (its first frames, its length) and search.
     pub fn fits(&self, obs: Observation<'_>, cfg: &PrefixConfig) -> bool {
         self.matches(obs, &coarse_grid(cfg), cfg)
@@ -1361,67 +1356,40 @@ mod tests {
                         buffer: l.buffer(),
                     })
                     .collect();
-                let pre = prescan(
-                    l,
-                    &mut buf,
-                    &mut Growth,
-                    &mut pool,
-                    &obs_frames[..1],
-                    1,
-                    obs_frames.len(),
-                    cfg,
-                )
-                .unwrap();
+                // a prescan from `start` (none: the readout does it all), then the readout
+                let mut read_after = |start: Option<&[f32]>| {
+                    let pre = start.map(|st| {
+                        prescan(
+                            l,
+                            &mut buf,
+                            &mut Growth,
+                            &mut pool,
+                            st,
+                            1,
+                            obs_frames.len(),
+                            cfg,
+                        )
+                        .unwrap()
+                    });
+                    read_prefix_prescanned(
+                        l,
+                        &mut buf,
+                        &mut Growth,
+                        &mut pool,
+                        obs,
+                        None,
+                        cfg,
+                        pre.as_ref(),
+                    )
+                    .unwrap()
+                };
                 // scored when the prefix is complete: the frames after the first were not
                 // needed before
-                let r = read_prefix_prescanned(
-                    l,
-                    &mut buf,
-                    &mut Growth,
-                    &mut pool,
-                    obs,
-                    None,
-                    cfg,
-                    Some(&pre),
-                )
-                .unwrap();
+                let r = read_after(Some(&obs_frames[..1]));
                 assert_eq!(r, plain, "case {k}, {helpers} helper(s)");
                 // a prescan of another start is not used
-                let other = prescan(
-                    l,
-                    &mut buf,
-                    &mut Growth,
-                    &mut pool,
-                    &[2.0],
-                    1,
-                    obs_frames.len(),
-                    cfg,
-                )
-                .unwrap();
-                let r = read_prefix_prescanned(
-                    l,
-                    &mut buf,
-                    &mut Growth,
-                    &mut pool,
-                    obs,
-                    None,
-                    cfg,
-                    Some(&other),
-                )
-                .unwrap();
-                assert_eq!(r, plain, "case {k}: a stale prescan");
-                let r = read_prefix_prescanned(
-                    l,
-                    &mut buf,
-                    &mut Growth,
-                    &mut pool,
-                    obs,
-                    None,
-                    cfg,
-                    None,
-                )
-                .unwrap();
-                assert_eq!(r, plain, "case {k}: no prescan");
+                assert_eq!(read_after(Some(&[2.0])), plain, "case {k}: a stale prescan");
+                assert_eq!(read_after(None), plain, "case {k}: no prescan");
             }
         }
     }

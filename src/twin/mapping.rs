@@ -332,11 +332,6 @@ impl StationMap {
         seq.is_multiple_of(self.every).then_some(seq / self.every)
     }
 
-    /// The station's grid, `(rows, cols)`.
-    pub fn station_grid(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-
     /// The model cell that contains station cell `(row, col)`.
     pub fn cell(&self, row: usize, col: usize) -> (usize, usize) {
         (self.row_map.cell(row), self.col_map.cell(col))

@@ -436,6 +436,8 @@ fn a_merge_that_blows_up_falls_back_to_the_anchor() {
     // a known p: no prefix readout, so the fault shows in the forecast itself
     let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Known { p: P_OOD });
     let mut f = Forecaster::new(&models, backend, opts.clone()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    f.on_lead(move |v| tx.send(v.based_on_seq).unwrap());
     let k = cfg.time.prefix;
     let mut fallback = None;
     for s in 0..k {
@@ -447,6 +449,10 @@ fn a_merge_that_blows_up_falls_back_to_the_anchor() {
     let why = fallback.expect("the forecast fell back to the anchor");
     assert!(why.contains("blew up") && why.contains("anchor"), "{why}");
     assert_eq!((f.counters().fallbacks, f.counters().withheld), (1, 0));
+    // the merge's first step was sound: it went out as the lead, which the anchor's forecast
+    // supersedes
+    assert_eq!(rx.try_recv().ok(), Some(k as u32 - 1));
+    assert_eq!(f.counters().leads, 1);
 
     // the same rollout against the anchor alone, from the same frame: identical
     let mut anchor = TractBackend::with_template_weights(models.anchor.clone()).unwrap();
@@ -503,4 +509,112 @@ fn a_merge_that_blows_up_falls_back_to_the_anchor() {
     assert!(e.to_string().contains("withheld"), "{e}");
     assert!(f3.push(k as u32, 0, &frames[k * fl..(k + 1) * fl]).is_err());
     assert_eq!(f3.counters().withheld, 2);
+}
+
+/// A runtime that counts the steps it takes (shared, so a lead sink can read the count).
+struct Counting {
+    inner: TractBackend,
+    steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn shape(&self) -> ccm_twin::infer::StepShape {
+        self.inner.shape()
+    }
+    fn deploy(
+        &mut self,
+        weights: &ccm_twin::ccm::WeightSet,
+    ) -> Result<(), ccm_twin::infer::InferError> {
+        self.inner.deploy(weights)
+    }
+    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), ccm_twin::infer::InferError> {
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.step(state, out)
+    }
+}
+
+/// Each forecast's first step reaches the lead sink before the rest of the horizon is rolled
+/// (`H − 1` steps are still to come when it does), it is the forecast's first step bit for bit,
+/// and the forecasts are those of a forecaster without a sink.
+#[test]
+fn the_first_step_is_handed_over_before_the_rest_of_the_horizon() {
+    use std::sync::atomic::Ordering;
+    let (cfg, frames) = truth(P_OOD, 11);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let (k, h) = (cfg.time.prefix, cfg.time.horizon);
+    let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
+    let steps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let backend = Counting {
+        inner: TractBackend::new(models.anchor.clone()).unwrap(),
+        steps: steps.clone(),
+    };
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Known { p: P_OOD });
+    let mut with = Forecaster::new(&models, backend, opts.clone()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = steps.clone();
+    with.on_lead(move |v| {
+        tx.send((
+            v.based_on_seq,
+            v.frame.to_vec(),
+            v.alpha,
+            seen.load(Ordering::SeqCst),
+        ))
+        .unwrap()
+    });
+    let (_, mut without) = setup(ReadoutMode::Known { p: P_OOD });
+    let mut forecasts = 0;
+    for s in 0..k + 3 {
+        let frame = &frames[s * fl..(s + 1) * fl];
+        let expected = match without.push(s as u32, 0, frame).unwrap() {
+            Progress::Forecast(v) => Some(v.frames.to_vec()),
+            _ => None,
+        };
+        let got = match with.push(s as u32, 0, frame).unwrap() {
+            Progress::Forecast(v) => Some((v.frames.to_vec(), v.deployment.alpha)),
+            _ => None,
+        };
+        let after = steps.load(Ordering::SeqCst);
+        let lead = rx.try_recv().ok();
+        match (expected, got, lead) {
+            (None, None, None) => {}
+            (Some(expected), Some((got, alpha)), Some((seq, first, lead_alpha, at))) => {
+                forecasts += 1;
+                assert_eq!(got, expected, "frame {s}: the forecast with a lead sink");
+                assert_eq!(seq, s as u32);
+                assert_eq!(first.as_slice(), &got[..fl], "frame {s}: the lead");
+                assert_eq!(lead_alpha, alpha);
+                assert_eq!(after - at, h - 1, "frame {s}: steps rolled after the lead");
+            }
+            (e, g, l) => panic!(
+                "frame {s}: forecast {} / {}, lead {}",
+                e.is_some(),
+                g.is_some(),
+                l.is_some()
+            ),
+        }
+    }
+    assert_eq!(forecasts, 4);
+    assert_eq!(with.counters().leads, 4);
+
+    // a first step outside the physical range is not handed over
+    let strict = ForecasterOptions {
+        range_std: 1e-6,
+        ..opts
+    };
+    let mut f = Forecaster::new(
+        &models,
+        TractBackend::new(models.anchor.clone()).unwrap(),
+        strict,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    f.on_lead(move |v| tx.send(v.based_on_seq).unwrap());
+    for s in 0..k {
+        let _ = f.push(s as u32, 0, &frames[s * fl..(s + 1) * fl]);
+    }
+    assert!(rx.try_recv().is_err());
+    assert_eq!(f.counters().leads, 0);
 }

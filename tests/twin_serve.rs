@@ -60,13 +60,20 @@ async fn station_to_forecast(addr: SocketAddr) {
     opts.frames = 8;
     opts.frame_interval = Duration::from_millis(100);
     opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
-    let mut sub = Subscriber::connect(addr, "ccm/demo-dam-break/forecast", None).await;
+    let mut sub = Subscriber::connect(addr, "ccm/demo-dam-break/+", None).await;
     let s = run(opts.clone(), &mut |line| eprintln!("{line}"))
         .await
         .unwrap();
 
     // a separate plain client received every forecast, and they decode
-    let got = sub.drain(Duration::from_secs(2)).await;
+    let all = sub.drain(Duration::from_secs(2)).await;
+    let on = |topic: &str| -> Vec<&[u8]> {
+        all.iter()
+            .filter(|m| m.topic == format!("ccm/demo-dam-break/{topic}"))
+            .map(|m| m.payload.as_slice())
+            .collect()
+    };
+    let got = on("forecast");
     assert_eq!(
         got.len(),
         s.forecasts.len(),
@@ -78,8 +85,31 @@ async fn station_to_forecast(addr: SocketAddr) {
         "one per frame from the K-th on"
     );
     for m in &got {
-        let f = firmware_bridge::decode_forecast(&m.payload).unwrap();
+        let f = firmware_bridge::decode_forecast(m).unwrap();
         assert_eq!((f.station, f.horizon()), ("demo-dam-break", 20));
+    }
+    // each forecast's first step came ahead of it on the lead topic: the same values, issued
+    // earlier
+    let leads = on("lead");
+    assert_eq!(leads.len(), got.len(), "one lead per forecast");
+    for (l, f) in leads.iter().zip(&got) {
+        let (l, f) = (
+            firmware_bridge::decode_forecast(l).unwrap(),
+            firmware_bridge::decode_forecast(f).unwrap(),
+        );
+        assert_eq!((l.horizon(), l.based_on_seq), (1, f.based_on_seq));
+        assert_eq!(l.timestamps_us.iter().next(), f.timestamps_us.iter().next());
+        assert!(
+            l.issued_at_us <= f.issued_at_us,
+            "the lead was issued first"
+        );
+        for c in 0..3 {
+            for r in 0..64 {
+                for x in 0..64 {
+                    assert_eq!(l.get(0, c, r, x), f.get(0, c, r, x), "({c}, {r}, {x})");
+                }
+            }
+        }
     }
     // the readout against the best α in hindsight for this trajectory
     let alpha = s.alpha.expect("a readout");

@@ -134,6 +134,9 @@ pub struct Timings {
     pub rollout_ms: Option<f64>,
     /// From a frame's arrival to its forecast's publication.
     pub frame_to_forecast_ms: Option<f64>,
+    /// From a frame's arrival to the publication of its forecast's first step on the `lead`
+    /// topic (`null` when none was published).
+    pub frame_to_lead_ms: Option<f64>,
 }
 
 /// Running counts since the runtime started.
@@ -148,6 +151,9 @@ pub struct Counters {
     pub frames_lost: u64,
     /// Forecasts published.
     pub forecasts_published: u64,
+    /// Forecasts' first steps published ahead of them on the `lead` topic.
+    #[serde(default)]
+    pub leads_published: u64,
     /// Alerts published (all-clears included).
     pub alerts_published: u64,
     /// Times the runtime lost its broker connection and connected again.

@@ -3,14 +3,18 @@
 //! | topic                     | payload                                     | QoS | retained |
 //! |---------------------------|---------------------------------------------|-----|----------|
 //! | `ccm/<station>/frames`    | a [`SensorFrame`](crate::SensorFrame) or a [`Chunk`](crate::Chunk), binary | 1 | no |
-//! | `ccm/<station>/forecast`  | a [`Forecast`](crate::Forecast), binary     | 0   | no       |
+//! | `ccm/<station>/forecast`  | a [`Forecast`](crate::Forecast), binary     | 1   | no       |
+//! | `ccm/<station>/lead`      | a [`Forecast`](crate::Forecast) of its first step only, binary | 0 | no |
 //! | `ccm/<station>/status`    | status JSON (`dashboard::StatusMessage`)    | 1   | yes      |
 //! | `ccm/<station>/alerts`    | alert JSON (`dashboard::AlertMessage`)      | 1   | no       |
 //!
 //! Why: a frame must not be silently lost (the prefix needs consecutive frames), and QoS 1's
 //! duplicates are harmless because frames carry a sequence number. A retained frame would be
-//! replayed as if new after a reconnect, so frames are never retained. A forecast is superseded
-//! by the next one within seconds, so it is not worth a retransmission. The status is retained so
+//! replayed as if new after a reconnect, so frames are never retained. A forecast must reach a
+//! consumer that archives forecasts or raises alarms, and its `based_on_seq` makes duplicates
+//! harmless. The lead is a forecast's first step, published as soon as it is computed and
+//! superseded by the whole forecast tens of milliseconds later, so it is not worth a
+//! retransmission. The status is retained so
 //! a dashboard that connects late sees the current state at once; the runtime also registers a
 //! retained `state: "offline"` status as its MQTT last will. Alerts must arrive, carry an `id` so
 //! duplicates can be dropped, and are not retained (an old alert must not fire again on connect).
@@ -34,13 +38,16 @@ pub enum QoS {
     ExactlyOnce = 2,
 }
 
-/// The four topics of a station.
+/// The five topics of a station.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// `ccm/<station>/frames`: station → runtime, binary frames and chunks.
     Frames,
     /// `ccm/<station>/forecast`: runtime → consumers, binary forecasts.
     Forecast,
+    /// `ccm/<station>/lead`: runtime → consumers, each forecast's first step (a binary forecast
+    /// of horizon 1), published before the rest of the horizon is rolled.
+    Lead,
     /// `ccm/<station>/status`: runtime → dashboards, retained JSON.
     Status,
     /// `ccm/<station>/alerts`: runtime → dashboards, JSON.
@@ -48,14 +55,21 @@ pub enum Topic {
 }
 
 impl Topic {
-    /// All four.
-    pub const ALL: [Self; 4] = [Self::Frames, Self::Forecast, Self::Status, Self::Alerts];
+    /// All five.
+    pub const ALL: [Self; 5] = [
+        Self::Frames,
+        Self::Forecast,
+        Self::Lead,
+        Self::Status,
+        Self::Alerts,
+    ];
 
     /// The last topic level.
     pub const fn suffix(self) -> &'static str {
         match self {
             Self::Frames => "frames",
             Self::Forecast => "forecast",
+            Self::Lead => "lead",
             Self::Status => "status",
             Self::Alerts => "alerts",
         }
@@ -65,6 +79,7 @@ impl Topic {
     pub const fn qos(self) -> QoS {
         match self {
             Self::Frames | Self::Forecast | Self::Status | Self::Alerts => QoS::AtLeastOnce,
+            Self::Lead => QoS::AtMostOnce,
         }
     }
 
@@ -78,6 +93,7 @@ impl Topic {
         match self {
             Self::Frames => "ccm/+/frames",
             Self::Forecast => "ccm/+/forecast",
+            Self::Lead => "ccm/+/lead",
             Self::Status => "ccm/+/status",
             Self::Alerts => "ccm/+/alerts",
         }

@@ -241,6 +241,7 @@ fn status_message_round_trips_as_json() {
     let mut counters = Counters {
         frames_received: 1200,
         forecasts_published: 40,
+        leads_published: 40,
         ..Default::default()
     };
     counters.reject(RejectReason::BadCrc);
@@ -262,6 +263,7 @@ fn status_message_round_trips_as_json() {
             merge_ms: Some(3.0),
             rollout_ms: Some(40.0),
             frame_to_forecast_ms: Some(60.0),
+            frame_to_lead_ms: Some(22.0),
         },
         counters,
         state_from: Some("analysis from forecast".into()),

@@ -348,12 +348,16 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             }
             Some(ev) = ev_rx.recv() => match ev {
                 ServeEvent::Filling { have, need } => say(format!("prefix {have}/{need} frames")),
-                ServeEvent::Forecast { alpha, new_readout: true, confidence, readout_ms, .. } => {
+                ServeEvent::Forecast { alpha, new_readout: true, confidence, readout_ms, lead_ms, total_ms, .. } => {
                     summary.alpha = Some(alpha);
                     say(format!(
                         "α read from the prefix: {alpha:+.2}{} in {readout_ms:.0} ms ({})",
                         confidence.map(|(lo, hi)| format!(" (within 10 % of the best fit: {lo:+.2}…{hi:+.2})")).unwrap_or_default(),
                         if alpha.abs() > 1.0 { "extrapolating past the endpoint experts" } else { "between the endpoints" }
+                    ));
+                    say(format!(
+                        "frame to forecast: first step published after {}, all {horizon} steps after {total_ms:.0} ms",
+                        lead_ms.map_or("—".to_string(), |ms| format!("{ms:.0} ms"))
                     ));
                 }
                 ServeEvent::Rejected { reason } => say(format!("frame rejected: {reason}")),

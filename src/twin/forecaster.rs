@@ -6,7 +6,8 @@
 //! `p` is known), merges `θ(α)` in place into one weight buffer, deploys it, and rolls `H` steps
 //! forward from the latest frame. Every later frame re-anchors the rollout on itself (a nowcast);
 //! the deployed `α` is re-read when its fit on the latest `K` frames grows past a bound (the regime
-//! drifted).
+//! drifted). The first step of each forecast is handed to a lead sink ([`Forecaster::on_lead`])
+//! as soon as it is computed, before the rest of the horizon is rolled.
 //!
 //! Sparse sensors ([`Forecaster::push_points`]): the model steps whole fields, so a frame that
 //! sees only some cells is first made whole by optimal interpolation
@@ -209,9 +210,33 @@ pub struct CycleTimings {
     pub merge_ms: f64,
     /// The `H`-step rollout.
     pub rollout_ms: f64,
+    /// From the frame's arrival to the forecast's first step (0 when none was handed to a lead
+    /// sink).
+    pub lead_ms: f64,
     /// From the frame's arrival to the forecast.
     pub total_ms: f64,
 }
+
+/// The first step of a forecast, handed to the lead sink ([`Forecaster::on_lead`]) before the
+/// rest of the horizon is rolled. Only a step inside the physical range is handed over; the
+/// whole forecast that follows supersedes it (it may be the anchor's, should a later step of the
+/// merge blow up).
+#[derive(Debug)]
+pub struct LeadView<'a> {
+    /// Sequence number of the frame it starts from.
+    pub based_on_seq: u32,
+    /// Timestamp of that frame.
+    pub based_on_us: u64,
+    /// The predicted frame (`frame_len` values).
+    pub frame: &'a [f32],
+    /// The coordinate of the merge that made it.
+    pub alpha: f64,
+    /// From the frame's arrival to this step, in milliseconds.
+    pub ms: f64,
+}
+
+/// Where lead frames go ([`Forecaster::on_lead`]).
+pub type LeadSink = Box<dyn FnMut(LeadView<'_>) + Send>;
 
 /// A forecast, borrowed from the forecaster's buffer.
 #[derive(Debug)]
@@ -268,6 +293,8 @@ pub struct ForecasterCounters {
     pub restarts: u64,
     /// Forecasts made.
     pub forecasts: u64,
+    /// First steps handed to the lead sink ahead of their forecast.
+    pub leads: u64,
     /// Forecasts withheld (the merge's and the anchor's rollouts both blew up).
     pub withheld: u64,
     /// Forecasts that fell back to the anchor (the merge's rollout blew up).
@@ -371,6 +398,10 @@ pub struct Forecaster<B: Backend> {
     counters: ForecasterCounters,
     /// More runtimes that share the readout's coarse scan, each in a thread.
     helpers: Vec<Helper<B>>,
+    /// Where each forecast's first step goes as soon as it is computed.
+    lead: Option<LeadSink>,
+    /// The window the rollout continues from after its first step (`T_in` frames).
+    continuation: Vec<f32>,
 }
 
 impl<B: Backend + Send> Forecaster<B> {
@@ -385,6 +416,13 @@ impl<B: Backend + Send> Forecaster<B> {
             })
             .collect();
         self
+    }
+
+    /// Hands the first step of every forecast to `sink` as soon as it is computed, before the
+    /// rest of the horizon is rolled (the runtime publishes it on the station's `lead` topic). A
+    /// first step outside the physical range is not handed over.
+    pub fn on_lead(&mut self, sink: impl FnMut(LeadView<'_>) + Send + 'static) {
+        self.lead = Some(Box::new(sink));
     }
 
     /// A forecaster for `models` running on `backend` (whose template must be one of them).
@@ -463,6 +501,8 @@ impl<B: Backend + Send> Forecaster<B> {
             frame_dt_us,
             counters: ForecasterCounters::default(),
             helpers: Vec::new(),
+            lead: None,
+            continuation: Vec::with_capacity(shape.t_in * shape.frame_len()),
         })
     }
 
@@ -858,12 +898,11 @@ impl<B: Backend + Send> Forecaster<B> {
             self.prefix_frames.extend_from_slice(&h.values);
         }
         self.forecast_base = None;
-        self.backend
-            .roll(&self.prefix_frames, self.opts.horizon, &mut self.forecast)?;
-        timings.rollout_ms = ms(t);
-        timings.total_ms = ms(arrived);
         let last = self.window.back().expect("a frame");
         let (seq, ts) = (last.seq, last.ts);
+        timings.lead_ms = self.roll_forecast(seq, ts, arrived)?;
+        timings.rollout_ms = ms(t);
+        timings.total_ms = ms(arrived);
         let mut fallback = None;
         if let Some(step) = self.unphysical() {
             // the merge blew up: the family anchor from the same frames, then the merge back
@@ -992,21 +1031,56 @@ impl<B: Backend + Send> Forecaster<B> {
 }
 
 impl<B: Backend> Forecaster<B> {
+    /// Rolls the forecast from `prefix_frames`: its first step, handed to the lead sink if there
+    /// is one and the step is inside the physical range, then the rest of the horizon from the
+    /// window that step ends (the same frames as one `H`-step roll). Returns the milliseconds
+    /// from `arrived` to the lead (0 when none was handed over).
+    fn roll_forecast(&mut self, seq: u32, ts: u64, arrived: Instant) -> Result<f64, InferError> {
+        let horizon = self.opts.horizon;
+        let Some(sink) = self.lead.as_mut() else {
+            return self
+                .backend
+                .roll(&self.prefix_frames, horizon, &mut self.forecast)
+                .map(|()| 0.0);
+        };
+        let fl = self.shape.frame_len();
+        self.backend
+            .roll(&self.prefix_frames, 1, &mut self.forecast[..fl])?;
+        let (first, rest) = self.forecast.split_at_mut(fl);
+        if first.iter().any(|x| !x.is_finite()) {
+            rest.fill(f32::NAN);
+            return Ok(0.0);
+        }
+        let mut lead_ms = 0.0;
+        if !unphysical_frame(first, &self.channel_stats, self.opts.range_std) {
+            lead_ms = ms(arrived);
+            sink(LeadView {
+                based_on_seq: seq,
+                based_on_us: ts,
+                frame: first,
+                alpha: self.deployment.as_ref().map_or(0.0, |d| d.alpha),
+                ms: lead_ms,
+            });
+            self.counters.leads += 1;
+        }
+        if horizon > 1 {
+            // the window after one step: the prefix's last T_in − 1 frames, then the step
+            self.continuation.clear();
+            self.continuation
+                .extend_from_slice(&self.prefix_frames[fl..]);
+            self.continuation.extend_from_slice(first);
+            self.backend.roll(&self.continuation, horizon - 1, rest)?;
+        }
+        Ok(lead_ms)
+    }
+
     /// The first step of the forecast holding a non-finite value or one beyond `range_std`
     /// training standard deviations of its channel's mean.
     fn unphysical(&self) -> Option<usize> {
         let fl = self.shape.frame_len();
-        let cells = self.shape.n * self.shape.n;
-        let k = self.opts.range_std as f32;
-        self.forecast.chunks(fl).position(|frame| {
-            frame
-                .chunks(cells)
-                .zip(&self.channel_stats)
-                .any(|(ch, &(mean, std))| {
-                    ch.iter()
-                        .any(|x| !x.is_finite() || (x - mean).abs() > k * std)
-                })
-        })
+        self.forecast
+            .chunks(fl)
+            .position(|frame| unphysical_frame(frame, &self.channel_stats, self.opts.range_std))
     }
 
     /// Sets `mask` to the values observed in every frame of the window after the first `T_in`
@@ -1039,6 +1113,17 @@ impl<B: Backend> Forecaster<B> {
         }
         Ok(true)
     }
+}
+
+/// Whether `frame` holds a non-finite value or one beyond `range_std` standard deviations of its
+/// channel's mean (`stats`: per channel, mean and standard deviation).
+fn unphysical_frame(frame: &[f32], stats: &[(f32, f32)], range_std: f64) -> bool {
+    let k = range_std as f32;
+    let cells = frame.len() / stats.len().max(1);
+    frame.chunks(cells).zip(stats).any(|(ch, &(mean, std))| {
+        ch.iter()
+            .any(|x| !x.is_finite() || (x - mean).abs() > k * std)
+    })
 }
 
 fn ms(t: Instant) -> f64 {

@@ -142,12 +142,18 @@ pub fn render(status: &StatusMessage) -> String {
         &one(c.forecasts_published as f64),
     );
     metric(
+        "leads_published_total",
+        "counter",
+        "Forecasts' first steps published ahead of them on the lead topic.",
+        &one(c.leads_published as f64),
+    );
+    metric(
         "alerts_published_total",
         "counter",
         "Alerts published, all-clears included.",
         &one(c.alerts_published as f64),
     );
-    let gauges: [(&str, &str, Option<f64>); 7] = [
+    let gauges: [(&str, &str, Option<f64>); 8] = [
         ("alpha", "The CCM coordinate in use.", status.alpha),
         (
             "alpha_confidence",
@@ -178,6 +184,11 @@ pub fn render(status: &StatusMessage) -> String {
             "frame_to_forecast_ms",
             "From a frame's arrival to its forecast's publication, ms.",
             status.timings.frame_to_forecast_ms,
+        ),
+        (
+            "frame_to_lead_ms",
+            "From a frame's arrival to its forecast's first step's publication, ms.",
+            status.timings.frame_to_lead_ms,
         ),
     ];
     for (name, help, value) in gauges {

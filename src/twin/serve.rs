@@ -533,6 +533,9 @@ pub enum ServeEvent {
         readout_ms: f64,
         /// Frame to forecast, ms.
         total_ms: f64,
+        /// Frame to the forecast's first step on the `lead` topic, ms (`None`: no lead was
+        /// published for it).
+        lead_ms: Option<f64>,
         /// Set when the merge blew up and this forecast is the anchor's: why.
         fallback: Option<String>,
     },
@@ -729,6 +732,18 @@ pub async fn serve(
         publish_status(&link, &status_topic, status, counters, metrics)
     };
     publish(&mut status, &counters)?;
+    let lead = LeadPublisher {
+        link: link.clone(),
+        topic: topic(Topic::Lead),
+        station: station.clone(),
+        channels: channel_names.clone(),
+        n: family_cfg.grid.n as u16,
+        dt_us: forecaster.frame_dt_us(),
+        frames_per_step: map.frames_per_step(),
+        shared: std::sync::Arc::default(),
+    };
+    let mut forecaster = forecaster;
+    forecaster.on_lead(lead.sink());
     let mut forecaster = Some(forecaster);
     tokio::pin!(shutdown);
     let poll = cfg
@@ -823,7 +838,8 @@ pub async fn serve(
                     .await
                     {
                         Ok((inst, models)) => match build_forecaster(cfg, &models) {
-                            Ok(f) => {
+                            Ok(mut f) => {
+                                f.on_lead(lead.sink());
                                 forecaster = Some(f);
                                 status.model_sha256 = Some(manifest_sha(&inst.path(&u.data_dir)));
                                 status.model_release = Some(inst.release);
@@ -989,7 +1005,11 @@ pub async fn serve(
             }
             Err(e) => tracing::error!(%station, "cannot encode the forecast: {e}"),
         }
+        let (leads, lead_at) = lead.take();
+        counters.leads_published = leads;
+        let lead_ms = lead_at.map(|t| t.saturating_duration_since(arrived).as_secs_f64() * 1e3);
         emit(ServeEvent::Forecast {
+            lead_ms,
             based_on_seq,
             alpha: dep.alpha,
             new_readout,
@@ -1018,6 +1038,7 @@ pub async fn serve(
             merge_ms: new_readout.then_some(timings.merge_ms),
             rollout_ms: Some(timings.rollout_ms),
             frame_to_forecast_ms: Some(arrived.elapsed().as_secs_f64() * 1e3),
+            frame_to_lead_ms: lead_ms,
         };
         publish(&mut status, &counters)?;
     }
@@ -1040,6 +1061,65 @@ pub async fn serve(
         alpha: f.deployment().map(|d| d.alpha),
         readouts: f.deployment().map_or(0, |d| d.readouts),
     })
+}
+
+/// Publishes each forecast's first step on the station's `lead` topic from the forecaster's
+/// thread, as soon as it is computed (a forecast of horizon 1, in the model's terms like the
+/// forecast; `based_on_seq` in the station's numbering).
+#[derive(Clone)]
+struct LeadPublisher {
+    link: MqttLink,
+    topic: String,
+    station: String,
+    channels: Vec<String>,
+    n: u16,
+    dt_us: u64,
+    frames_per_step: u32,
+    /// Leads published, and when the last one was.
+    shared: std::sync::Arc<std::sync::Mutex<(u64, Option<Instant>)>>,
+}
+
+impl LeadPublisher {
+    fn sink(&self) -> impl FnMut(super::forecaster::LeadView<'_>) + Send + 'static {
+        let me = self.clone();
+        move |v| {
+            let names: Vec<&str> = me.channels.iter().map(String::as_str).collect();
+            let stamps = [v.based_on_us + me.dt_us];
+            let lead = Forecast {
+                station: &me.station,
+                based_on_seq: v.based_on_seq.wrapping_mul(me.frames_per_step),
+                issued_at_us: super::unix_time_us(),
+                alpha: v.alpha as f32,
+                channels: Channels::new(&names).expect("family channel names are valid"),
+                shape: GridShape {
+                    rows: me.n,
+                    cols: me.n,
+                    channels: names.len() as u8,
+                },
+                timestamps_us: PackedSlice::new(&stamps),
+                values: Values::F32(PackedSlice::new(v.frame)),
+            };
+            let sent = lead.to_vec().map_err(|e| e.to_string()).and_then(|bytes| {
+                me.link
+                    .publish(me.topic.clone(), Topic::Lead.qos(), false, bytes)
+                    .map_err(|e| e.to_string())
+            });
+            match sent {
+                Ok(()) => {
+                    let mut s = me.shared.lock().expect("not poisoned");
+                    s.0 += 1;
+                    s.1 = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(station = %me.station, "cannot publish the lead: {e}"),
+            }
+        }
+    }
+
+    /// Leads published so far, and when the last one was (taken: `None` until the next).
+    fn take(&self) -> (u64, Option<Instant>) {
+        let mut s = self.shared.lock().expect("not poisoned");
+        (s.0, s.1.take())
+    }
 }
 
 /// The forecaster for `models` on the station's runtime, with its readout helpers.

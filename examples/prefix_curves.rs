@@ -31,6 +31,31 @@ fn sums(pred: &[f32], truth: &[f32]) -> [f64; 2] {
     [num, den]
 }
 
+/// `sums` of the forward-difference gradients (x and y, per channel, no wrap) of `pred` and
+/// `truth` on `channels × n × n` frames: the error in the H¹ semi-norm, which weighs the small
+/// scales where a dissipative parameter acts first.
+fn grad_sums(pred: &[f32], truth: &[f32], n: usize) -> [f64; 2] {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (p, t) in pred.chunks(n * n).zip(truth.chunks(n * n)) {
+        for i in 0..n {
+            for j in 0..n {
+                let c = i * n + j;
+                for o in [(i + 1 < n).then(|| c + n), (j + 1 < n).then(|| c + 1)]
+                    .into_iter()
+                    .flatten()
+                {
+                    let dp = p[o] as f64 - p[c] as f64;
+                    let dt = t[o] as f64 - t[c] as f64;
+                    let dp = if dp.is_finite() { dp } else { f64::INFINITY };
+                    num += (dp - dt).powi(2);
+                    den += dt * dt;
+                }
+            }
+        }
+    }
+    [num, den]
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
@@ -51,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     let (fl, t_in) = (shape.frame_len(), shape.t_in);
     anyhow::ensure!(t_in == 1, "one-step curves assume T_in = 1");
     let frames = data.manifest.shape[1];
+    let side = data.manifest.shape[3];
     let horizon = frames - t_in;
     let n = ((interval.hi - interval.lo) / spacing).round() as usize + 1;
     let alphas: Vec<f64> = (0..n)
@@ -75,16 +101,22 @@ fn main() -> anyhow::Result<()> {
                 let free: Vec<[f64; 2]> = (0..horizon)
                     .map(|s| sums(&pred[s * fl..][..fl], &traj[(s + 1) * fl..][..fl]))
                     .collect();
+                let gfree: Vec<[f64; 2]> = (0..horizon)
+                    .map(|s| grad_sums(&pred[s * fl..][..fl], &traj[(s + 1) * fl..][..fl], side))
+                    .collect();
                 let mut forced = Vec::new();
+                let mut gforced = Vec::new();
                 for s in 0..k - 1 {
                     backend.step(&traj[s * fl..][..fl], &mut one)?;
                     forced.push(sums(&one, &traj[(s + 1) * fl..][..fl]));
+                    gforced.push(grad_sums(&one, &traj[(s + 1) * fl..][..fl], side));
                 }
                 writeln!(
                     out,
                     "{}",
                     serde_json::json!({"p": p, "traj": i, "alpha": a, "k": k,
-                        "free": free, "forced": forced})
+                        "free": free, "forced": forced,
+                        "gfree": gfree, "gforced": gforced})
                 )?;
             }
             eprintln!("p = {p:e}, trajectory {i}: {n} merges");

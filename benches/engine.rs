@@ -74,9 +74,25 @@ fn runtimes(s: &Setup) -> Vec<(&'static str, Box<dyn Backend>)> {
             Box::new(s.bundle.tract_backend().expect("tract")),
         ),
     ];
-    match OrtBackend::new(anchor.clone(), &OrtOptions::default()) {
-        Ok(b) => all.push(("ort", Box::new(b))),
-        Err(e) => eprintln!("ONNX Runtime left out: {e}"),
+    all.push((
+        "tract (the file's graph, weights folded)",
+        Box::new(TractBackend::with_file_graph(anchor.clone()).expect("tract")),
+    ));
+    let ort = [
+        (
+            "ort",
+            OrtBackend::new(anchor.clone(), &OrtOptions::default()),
+        ),
+        (
+            "ort (the file's graph)",
+            OrtBackend::with_file_graph(anchor.clone(), &OrtOptions::default()),
+        ),
+    ];
+    for (name, b) in ort {
+        match b {
+            Ok(b) => all.push((name, Box::new(b))),
+            Err(e) => eprintln!("ONNX Runtime left out: {e}"),
+        }
     }
     for (_, b) in &mut all {
         b.deploy(&anchor.weights).expect("deploy");

@@ -179,6 +179,37 @@ fn the_native_runtime_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_mer
     assert_agree("native", &got, "burn", burn_outputs());
 }
 
+/// tract runs our exporter's graph in the stacked layout (4 products and 1 einsum per Fourier
+/// layer instead of 12 and 4): the same model as the file's graph, which it runs as it is when
+/// the graph is not exactly ours (here the same model with one `Add`'s operands swapped). The
+/// other runtimes' tests compare them with this stacked tract.
+#[test]
+fn tract_runs_our_graph_stacked_and_any_other_as_it_is() {
+    let s = shipped();
+    assert!(
+        TractBackend::new(s.bundle.anchor.clone())
+            .unwrap()
+            .stacked()
+    );
+    let mut foreign = s.bundle.anchor.clone();
+    let graph = foreign.proto.graph.as_mut().unwrap();
+    let add = graph.node.iter_mut().find(|n| n.op_type == "Add").unwrap();
+    add.input.swap(0, 1);
+    let mut as_is = TractBackend::new(foreign).unwrap();
+    assert!(!as_is.stacked());
+    let got = run_backend(&mut as_is, s);
+    assert_agree(
+        "tract, the file's graph",
+        &got,
+        "tract, stacked",
+        tract_outputs(),
+    );
+    // a swappable backend runs the file's graph
+    let varying = s.bundle.experts().varying();
+    let swapped = TractBackend::swappable(s.bundle.anchor.clone(), &varying).unwrap();
+    assert!(!swapped.stacked());
+}
+
 #[test]
 fn tract_with_swapped_weights_agrees_with_tract_rebuilt_per_merge() {
     let s = shipped();
@@ -215,10 +246,22 @@ fn ort_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_merge() {
     let mut ort = OrtBackend::new(s.bundle.anchor.clone(), &ort_options(lib))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ort.name(), "ort");
+    assert!(
+        ort.stacked(),
+        "ONNX Runtime runs our graph's stacked layout"
+    );
     let got = run_backend(&mut ort, s);
     assert_agree("ort", &got, "tract", tract_outputs());
     #[cfg(feature = "train")]
     assert_agree("ort", &got, "burn", burn_outputs());
+    // and the file's graph as it is
+    let lib = ort_library("ort_agrees_with_tract_and_burn_on_the_shipped_anchor_and_a_merge")
+        .expect("found above");
+    let mut as_is = OrtBackend::with_file_graph(s.bundle.anchor.clone(), &ort_options(lib))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!as_is.stacked());
+    let got = run_backend(&mut as_is, s);
+    assert_agree("ort, the file's graph", &got, "tract", tract_outputs());
 }
 
 // --- a tiny random model with two input frames ------------------------------------------------

@@ -154,6 +154,52 @@ impl Graph {
         self.binary("Mul", &half_x, &one_plus)
     }
 
+    /// The bypass added to the spectral part `k` of layer `l` (of `layers`), then GELU but
+    /// after the last layer.
+    fn layer_end(&mut self, v: &str, k: &str, l: usize, layers: usize) -> String {
+        let bypass = self.pointwise(
+            v,
+            &format!("layers.{l}.bypass.weight"),
+            &format!("layers.{l}.bypass.bias"),
+        );
+        let sum = self.binary("Add", k, &bypass);
+        if l + 1 < layers { self.gelu(&sum) } else { sum }
+    }
+
+    /// The spectral part of layer `l` in the stacked layout (the `stacked.*` and
+    /// `dft.stacked.*` constants): `v` `[b, w, n, n]` → `[b, w, n, n]`.
+    fn stacked_spectral(&mut self, v: &str, l: usize) -> String {
+        let perm = |p: &[i64]| vec![attr_ints("perm", p)];
+        let swap_23 = [0, 1, 3, 2, 4];
+        // along w: [b, w, h, (re | im) × m], then the parts under each other: [b, w, 2h, m]
+        let x = self.binary("MatMul", v, "dft.stacked.w");
+        let x = self.binary("Reshape", &x, "stacked.x5");
+        let x = self.op("Transpose", &[&x], perm(&swap_23));
+        let x = self.binary("Reshape", &x, "stacked.x4");
+        // along h: [b, w, (re, im) × 2m, m]
+        let y = self.binary("MatMul", "dft.stacked.h", &x);
+        // the parts beside the channels: [b, (re, im) × w, 2m, m]; mixing per mode
+        // modes first, each a contiguous [b, 2w] row: [2m, m, b, (re, im) × w]
+        let y = self.binary("Reshape", &y, "stacked.y5");
+        let y = self.op("Transpose", &[&y], perm(&[3, 4, 0, 2, 1]));
+        let y = self.binary("Reshape", &y, "stacked.y4");
+        let o = self.op(
+            "Einsum",
+            &[&y, &stacked_mixing_name(l)],
+            vec![attr_str("equation", "xybi,xyio->xybo")],
+        );
+        // back under each other: [b, w, (re, im) × 2m, m]; inverse along h: [b, w, (re, im) × h, m]
+        let o = self.binary("Reshape", &o, "stacked.o5");
+        let o = self.op("Transpose", &[&o], perm(&[2, 4, 3, 0, 1]));
+        let o = self.binary("Reshape", &o, "stacked.o4");
+        let z = self.binary("MatMul", "dft.stacked.hi", &o);
+        // the parts beside each other along w: [b, w, h, (re | im) × m]; real inverse along w
+        let z = self.binary("Reshape", &z, "stacked.z5");
+        let z = self.op("Transpose", &[&z], perm(&swap_23));
+        let z = self.binary("Reshape", &z, "stacked.z4");
+        self.binary("MatMul", &z, "dft.stacked.wi")
+    }
+
     /// A pointwise linear layer from the canonical `[out, in]` weight and `[out]` bias.
     fn pointwise(&mut self, x: &str, weight: &str, bias: &str) -> String {
         let kernel = self.binary("Reshape", weight, "const.kernel_1x1");
@@ -165,11 +211,80 @@ impl Graph {
     }
 }
 
-/// Builds the ONNX model of an expert.
+/// How a Fourier layer's complex products are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpectralLayout {
+    /// Real and imaginary parts as separate operands: 12 matrix products and 4 mixing einsums
+    /// per layer, every trainable tensor under its canonical name. The file format.
+    Split,
+    /// Real and imaginary parts stacked into one operand, so that each half of the 2-D DFT, its
+    /// inverse, and the complex channel mixing are one product each: 4 matrix products and 1
+    /// einsum per layer. The layer's two mixing tensors become one,
+    /// [`stacked_mixing_name`] `[2m, m, 2w, 2w]` ([`stacked_mixing`]). The same values up to
+    /// rounding; for runtimes that pay per operation rather than per multiply (tract runs each
+    /// einsum as one small product per Fourier mode).
+    Stacked,
+}
+
+/// The name of layer `l`'s stacked mixing tensor ([`SpectralLayout::Stacked`]).
+pub fn stacked_mixing_name(l: usize) -> String {
+    format!("layers.{l}.spectral.weight_stacked")
+}
+
+/// Layer `l` of a [`SpectralLayout::Stacked`] graph and the canonical tensor `name`: whether
+/// `name` is one of the two mixing tensors the stacked one is made of.
+pub fn is_mixing_part(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("layers.")?;
+    let (l, part) = rest.split_once('.')?;
+    matches!(part, "spectral.weight_re" | "spectral.weight_im")
+        .then(|| l.parse().ok())
+        .flatten()
+}
+
+/// The shape of a stacked mixing tensor, `[rows, modes, 2w, 2w]`, from its parts'
+/// `[w, w, rows, modes]`.
+pub fn stacked_mixing_dims(part: &[usize]) -> [usize; 4] {
+    [part[2], part[3], 2 * part[0], 2 * part[1]]
+}
+
+/// The stacked mixing tensor from a layer's `[w, w, rows, modes]` real and imaginary parts: for
+/// each Fourier mode, mode-major, the `[2w, 2w]` matrix `[[W_re, W_im], [−W_im, W_re]]`. Input
+/// channels `[0, w)` take the real part of a mode, `[w, 2w)` the imaginary part; output
+/// channels likewise.
+pub fn stacked_mixing(re: &[f32], im: &[f32], w: usize, out: &mut Vec<f32>) {
+    let plane = re.len() / (w * w);
+    out.clear();
+    out.resize(4 * re.len(), 0.0);
+    for i in 0..2 * w {
+        for o in 0..2 * w {
+            let (src, sign) = match (i < w, o < w) {
+                (true, true) | (false, false) => (re, 1.0),
+                (true, false) => (im, 1.0),
+                (false, true) => (im, -1.0),
+            };
+            let from = ((i % w) * w + o % w) * plane;
+            for (p, x) in src[from..from + plane].iter().enumerate() {
+                out[(p * 2 * w + i) * 2 * w + o] = sign * x;
+            }
+        }
+    }
+}
+
+/// Builds the ONNX model of an expert (the file format, [`SpectralLayout::Split`]).
 pub fn export(
     cfg: &FnoConfig,
     norm: &Normalization,
     weights: &WeightSet,
+) -> Result<pb::ModelProto, ExportError> {
+    export_with(cfg, norm, weights, SpectralLayout::Split)
+}
+
+/// Builds the ONNX model of an expert with the Fourier layers written in `layout`.
+pub fn export_with(
+    cfg: &FnoConfig,
+    norm: &Normalization,
+    weights: &WeightSet,
+    layout: SpectralLayout,
 ) -> Result<pb::ModelProto, ExportError> {
     cfg.validate()?;
     if cfg.conditioning != 0 {
@@ -196,6 +311,8 @@ pub fn export(
     }
     let mut g = Graph::new();
     // trainable tensors first, in canonical order
+    let stacked = layout == SpectralLayout::Stacked;
+    let mut buf = Vec::new();
     for (name, shape) in cfg.param_shapes() {
         let info = weights.info(&name)?;
         if info.shape != shape {
@@ -206,7 +323,18 @@ pub fn export(
                 found: info.len(),
             }));
         }
-        g.init_f32(&name, &shape, weights.get(&name)?);
+        match is_mixing_part(&name).filter(|_| stacked) {
+            // the pair as one tensor, where the imaginary part comes
+            Some(l) if name.ends_with("_im") => {
+                let re = weights.get(&format!("layers.{l}.spectral.weight_re"))?;
+                stacked_mixing(re, weights.get(&name)?, cfg.width, &mut buf);
+                g.init_f32(&stacked_mixing_name(l), &stacked_mixing_dims(&shape), &buf);
+            }
+            Some(_) => {}
+            None => {
+                g.init_f32(&name, &shape, weights.get(&name)?);
+            }
+        }
     }
     // fixed tensors
     let tin_c = cfg.t_in * c;
@@ -234,6 +362,60 @@ pub fn export(
     g.init_f32("dft.hi_msin", &[n, 2 * m], &neg(&b.inv_h_sin));
     g.init_f32("dft.wi_cos", &[m, n], &b.inv_w_cos);
     g.init_f32("dft.wi_msin", &[m, n], &neg(&b.inv_w_sin));
+    if stacked {
+        // [cos | −sin] along w; [[C, S], [−S, C]] along h (rows: real, then imaginary parts)
+        let (w, r) = (cfg.width as i64, 2 * m as i64);
+        let (n_, m_) = (n as i64, m as i64);
+        let mut wf = vec![0.0f32; n * 2 * m];
+        for x in 0..n {
+            for k in 0..m {
+                wf[x * 2 * m + k] = b.fwd_w_cos[x * m + k];
+                wf[x * 2 * m + m + k] = -b.fwd_w_sin[x * m + k];
+            }
+        }
+        g.init_f32("dft.stacked.w", &[n, 2 * m], &wf);
+        let block = |rows: usize, cols: usize, parts: [[&[f32]; 2]; 2]| -> Vec<f32> {
+            let mut out = vec![0.0f32; 4 * rows * cols];
+            for (bi, row) in parts.iter().enumerate() {
+                for (bj, part) in row.iter().enumerate() {
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            out[(bi * rows + i) * 2 * cols + bj * cols + j] = part[i * cols + j];
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let (hs, hms) = (b.fwd_h_sin.clone(), neg(&b.fwd_h_sin));
+        g.init_f32(
+            "dft.stacked.h",
+            &[4 * m, 2 * n],
+            &block(2 * m, n, [[&b.fwd_h_cos, &hs], [&hms, &b.fwd_h_cos]]),
+        );
+        let his_m = neg(&b.inv_h_sin);
+        g.init_f32(
+            "dft.stacked.hi",
+            &[2 * n, 4 * m],
+            &block(
+                n,
+                2 * m,
+                [[&b.inv_h_cos, &his_m], [&b.inv_h_sin, &b.inv_h_cos]],
+            ),
+        );
+        let mut wi = b.inv_w_cos.clone();
+        wi.extend(neg(&b.inv_w_sin));
+        g.init_f32("dft.stacked.wi", &[2 * m, n], &wi);
+        // reshapes (0: the batch, copied) and the permutations between them
+        g.init_i64("stacked.x5", &[0, w, n_, 2, m_]);
+        g.init_i64("stacked.x4", &[0, w, 2 * n_, m_]);
+        g.init_i64("stacked.y5", &[0, w, 2, r, m_]);
+        g.init_i64("stacked.y4", &[r, m_, 0, 2 * w]);
+        g.init_i64("stacked.o5", &[r, m_, 0, 2, w]);
+        g.init_i64("stacked.o4", &[0, w, 2 * r, m_]);
+        g.init_i64("stacked.z5", &[0, w, 2, n_, m_]);
+        g.init_i64("stacked.z4", &[0, w, n_, 2 * m_]);
+    }
     g.scalar("const.gelu_cubic", 0.044_715);
     g.scalar("const.gelu_scale", 0.797_884_6);
     g.scalar("const.one", 1.0);
@@ -264,6 +446,11 @@ pub fn export(
     let z = g.op("Concat", &[&z, &grid_b], vec![attr_int("axis", 1)]);
     let mut v = g.pointwise(&z, "lift.weight", "lift.bias");
     for l in 0..cfg.layers {
+        if stacked {
+            let k = g.stacked_spectral(&v, l);
+            v = g.layer_end(&v, &k, l, cfg.layers);
+            continue;
+        }
         let wre = format!("layers.{l}.spectral.weight_re");
         let wim = format!("layers.{l}.spectral.weight_im");
         // forward along w: X = v·(cos − i sin)
@@ -295,17 +482,7 @@ pub fn export(
         let a = g.binary("MatMul", &zr, "dft.wi_cos");
         let bb = g.binary("MatMul", &zi, "dft.wi_msin");
         let k = g.binary("Add", &a, &bb);
-        let bypass = g.pointwise(
-            &v,
-            &format!("layers.{l}.bypass.weight"),
-            &format!("layers.{l}.bypass.bias"),
-        );
-        let sum = g.binary("Add", &k, &bypass);
-        v = if l + 1 < cfg.layers {
-            g.gelu(&sum)
-        } else {
-            sum
-        };
+        v = g.layer_end(&v, &k, l, cfg.layers);
     }
     let h = g.pointwise(&v, "proj1.weight", "proj1.bias");
     let h = g.gelu(&h);

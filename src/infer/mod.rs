@@ -38,7 +38,7 @@ pub mod ort;
 pub mod tract;
 
 pub use native::NativeBackend;
-pub use onnx_model::{OnnxError, OnnxExpert};
+pub use onnx_model::{OnnxError, OnnxExpert, RunGraph};
 pub use ort::{OrtBackend, OrtOptions};
 pub use tract::TractBackend;
 

@@ -13,7 +13,7 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
 
 use crate::ccm::{WeightError, WeightSet};
-use crate::fno::onnx::{ExpertMeta, META_KEY};
+use crate::fno::onnx::{ExpertMeta, META_KEY, SpectralLayout, export, export_with};
 
 /// Why an ONNX expert could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,9 @@ pub enum OnnxError {
     /// Weights given for writing do not match the model.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// The stacked layout of the model could not be written.
+    #[error("the stacked layout of the model: {0}")]
+    Layout(String),
 }
 
 /// An ONNX expert: its protobuf and its float initializers as a [`WeightSet`].
@@ -321,4 +324,75 @@ impl OnnxExpert {
 fn hex_digest(bytes: Vec<u8>) -> String {
     use sha2::{Digest, Sha256};
     format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// The graph a runtime builds for an expert's weights.
+///
+/// An expert written by our exporter (its graph, inputs, outputs and constants exactly what
+/// [`crate::fno::onnx::export`] writes for its metadata and weights) runs in the stacked layout
+/// ([`SpectralLayout::Stacked`]): the same model in 4 matrix products and 1 mixing einsum per
+/// Fourier layer instead of 12 and 4, which both tract and ONNX Runtime run faster
+/// (`docs/PERFORMANCE.md`). A graph from any other producer runs as it is.
+#[derive(Debug, Clone)]
+pub enum RunGraph {
+    /// The file's graph, with the weights written in.
+    File,
+    /// Our exporter's stacked layout of the same model.
+    Stacked(ExpertMeta),
+}
+
+impl RunGraph {
+    /// [`RunGraph::Stacked`] when `expert`'s graph is exactly our exporter's, else
+    /// [`RunGraph::File`].
+    pub fn for_expert(expert: &OnnxExpert) -> Self {
+        let ours = || {
+            let meta = expert.meta()?;
+            let fresh = export(&meta.config, &meta.normalization, &expert.weights).ok()?;
+            let (a, b) = (fresh.graph.as_ref()?, expert.proto.graph.as_ref()?);
+            let same_nodes = a.node.len() == b.node.len()
+                && a.node.iter().zip(&b.node).all(|(x, y)| {
+                    x.op_type == y.op_type
+                        && x.domain == y.domain
+                        && x.input == y.input
+                        && x.output == y.output
+                        && x.attribute == y.attribute
+                });
+            // the constants too, trainable ones included (exported from these very weights)
+            (same_nodes
+                && a.input == b.input
+                && a.output == b.output
+                && a.initializer == b.initializer)
+                .then_some(meta)
+        };
+        ours().map_or(RunGraph::File, RunGraph::Stacked)
+    }
+
+    /// Whether this is the stacked layout.
+    pub fn is_stacked(&self) -> bool {
+        matches!(self, RunGraph::Stacked(_))
+    }
+
+    /// The model to build for `weights` (`expert`'s layout).
+    pub fn proto(
+        &self,
+        expert: &OnnxExpert,
+        weights: &WeightSet,
+    ) -> Result<pb::ModelProto, OnnxError> {
+        match self {
+            RunGraph::File => expert.with_weights(weights),
+            RunGraph::Stacked(meta) => {
+                expert
+                    .weights
+                    .same_layout(weights)
+                    .map_err(|m| OnnxError::Layout(m.to_string()))?;
+                export_with(
+                    &meta.config,
+                    &meta.normalization,
+                    weights,
+                    SpectralLayout::Stacked,
+                )
+                .map_err(|e| OnnxError::Layout(e.to_string()))
+            }
+        }
+    }
 }

@@ -78,7 +78,7 @@ mod enabled {
 
     use super::OrtOptions;
     use crate::ccm::WeightSet;
-    use crate::infer::{Backend, InferError, OnnxExpert, StepShape};
+    use crate::infer::{Backend, InferError, OnnxExpert, RunGraph, StepShape};
 
     /// The library this process loaded, and its one ONNX Runtime environment (ort allows one per
     /// process, and a library once loaded cannot be swapped).
@@ -140,7 +140,9 @@ mod enabled {
     /// An FNO expert (or merge) running in ONNX Runtime.
     ///
     /// Deploying a weight set commits a new session from the template's protobuf with the new
-    /// float initializers written in ([`OnnxExpert::with_weights`], encoded in memory).
+    /// float initializers written in ([`OnnxExpert::with_weights`], encoded in memory); for our
+    /// exporter's graph, from its stacked layout ([`RunGraph`]), which ONNX Runtime also runs
+    /// faster.
     ///
     /// Measured on a shipped 64×64 expert (0.9 M parameters, 2 threads, a loaded 2-core box):
     /// this takes ~10 ms per deployment. The alternative, one cached template plus session
@@ -152,6 +154,8 @@ mod enabled {
     pub struct OrtBackend {
         template: OnnxExpert,
         shape: StepShape,
+        /// The graph a deployment builds: the stacked layout of our exporter's, or the file's.
+        graph: RunGraph,
         env: Environment,
         intra_threads: usize,
         session: Option<Session>,
@@ -169,12 +173,30 @@ mod enabled {
             }
             let env = environment(&options.library_path()?)?;
             Ok(OrtBackend {
+                graph: RunGraph::for_expert(&template),
                 template,
                 shape,
                 env,
                 intra_threads: options.intra_threads,
                 session: None,
             })
+        }
+
+        /// A backend that runs `template`'s graph as it is, even when it is our exporter's (for
+        /// comparisons: the stacked layout is the same model in fewer, larger operations).
+        pub fn with_file_graph(
+            template: OnnxExpert,
+            options: &OrtOptions,
+        ) -> Result<Self, InferError> {
+            let mut b = Self::new(template, options)?;
+            b.graph = RunGraph::File;
+            Ok(b)
+        }
+
+        /// Whether deployments run the stacked layout of the template's graph (it is our
+        /// exporter's).
+        pub fn stacked(&self) -> bool {
+            self.graph.is_stacked()
         }
 
         fn prepare(&self, what: &str, e: impl std::fmt::Display) -> InferError {
@@ -195,7 +217,7 @@ mod enabled {
         }
 
         fn deploy(&mut self, weights: &WeightSet) -> Result<(), InferError> {
-            let bytes = self.template.with_weights(weights)?.encode_to_vec();
+            let bytes = self.graph.proto(&self.template, weights)?.encode_to_vec();
             // the old session stays until the new one is built: a failed deployment leaves the
             // previous model running
             let session = Session::builder(&self.env)
@@ -241,7 +263,7 @@ mod enabled {
 mod disabled {
     use super::OrtOptions;
     use crate::ccm::WeightSet;
-    use crate::infer::{Backend, InferError, OnnxExpert, StepShape};
+    use crate::infer::{Backend, InferError, OnnxExpert, RunGraph, StepShape};
 
     /// The ONNX Runtime backend, compiled out of this build: [`OrtBackend::new`] returns
     /// [`InferError::NotCompiled`]. Rebuild with `--features ort` to use it.
@@ -260,6 +282,19 @@ mod disabled {
         /// Always [`InferError::NotCompiled`] in this build.
         pub fn new(_template: OnnxExpert, _options: &OrtOptions) -> Result<Self, InferError> {
             Err(not_compiled())
+        }
+
+        /// Not compiled in: the same error.
+        pub fn with_file_graph(
+            _template: OnnxExpert,
+            _options: &OrtOptions,
+        ) -> Result<Self, InferError> {
+            Err(not_compiled())
+        }
+
+        /// Never called: no backend exists without the feature.
+        pub fn stacked(&self) -> bool {
+            match self.never {}
         }
     }
 

@@ -11,13 +11,21 @@
 //!   (about a millisecond). Steps cost a little more, since those weights are not pre-packed.
 //!   What the CCM readout wants: it deploys a merge per candidate α.
 //!
+//! The graph a rebuilt deployment runs: for an expert written by our exporter, the same model
+//! in the stacked layout ([`RunGraph`]), where each Fourier layer is 4 matrix products and 1
+//! mixing einsum instead of 12 and 4. tract runs an einsum as one small product per Fourier
+//! mode, so the file's four mixing einsums per layer cost it a third of a step in per-mode
+//! overhead (`examples/tract_profile.rs`). A swappable backend keeps the file's graph: with the
+//! mixing weights as inputs, the stacked einsum repacks its larger weights on every step and
+//! is the slower of the two (`docs/PERFORMANCE.md`).
+//!
 //! [`Backend`] is the interface; `roll` is the trait's sliding-window default.
 
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::onnx_model::OnnxExpert;
+use super::onnx_model::{OnnxExpert, RunGraph};
 use super::{Backend, InferError, StepShape};
 use crate::ccm::WeightSet;
 
@@ -25,6 +33,8 @@ use crate::ccm::WeightSet;
 pub struct TractBackend {
     template: OnnxExpert,
     shape: StepShape,
+    /// The graph a rebuilt deployment runs: the stacked layout of our exporter's, or the file's.
+    graph: RunGraph,
     plan: Option<Arc<TypedRunnableModel>>,
     swap: Option<Swap>,
 }
@@ -44,6 +54,7 @@ impl TractBackend {
     pub fn new(template: OnnxExpert) -> Result<Self, InferError> {
         let shape = StepShape::of(&template)?;
         Ok(TractBackend {
+            graph: RunGraph::for_expert(&template),
             template,
             shape,
             plan: None,
@@ -51,9 +62,23 @@ impl TractBackend {
         })
     }
 
-    /// A backend that optimises `template`'s graph once, with the float initializers `swapped`
-    /// as inputs, and deploys a weight set by handing it their values: the tensors a merge
-    /// changes (see [`crate::ccm::Experts::varying`]). Deploying a weight set that differs from
+    /// A backend that runs `template`'s graph as it is, even when it is our exporter's (for
+    /// comparisons: the stacked layout is the same model in fewer, larger operations).
+    pub fn with_file_graph(template: OnnxExpert) -> Result<Self, InferError> {
+        let mut b = Self::new(template)?;
+        b.graph = RunGraph::File;
+        Ok(b)
+    }
+
+    /// Whether deployments run the stacked layout of the template's graph (it is our
+    /// exporter's, and the backend is not swappable).
+    pub fn stacked(&self) -> bool {
+        self.graph.is_stacked()
+    }
+
+    /// A backend that optimises `template`'s graph (the file's) once, with the float
+    /// initializers `swapped` as inputs, and deploys a weight set by handing it their values:
+    /// the tensors a merge changes (see [`crate::ccm::Experts::varying`]). Deploying a weight set that differs from
     /// the template in any *other* tensor is refused, since those are baked into the plan.
     pub fn swappable(template: OnnxExpert, swapped: &[String]) -> Result<Self, InferError> {
         let shape = StepShape::of(&template)?;
@@ -84,6 +109,7 @@ impl TractBackend {
         Ok(TractBackend {
             template,
             shape,
+            graph: RunGraph::File,
             plan: Some(plan),
             swap: Some(Swap {
                 names: swapped.to_vec(),
@@ -148,7 +174,7 @@ impl Backend for TractBackend {
             swap.deployed = true;
             return Ok(());
         }
-        let proto = self.template.with_weights(weights)?;
+        let proto = self.graph.proto(&self.template, weights)?;
         let s = self.shape;
         let plan = tract_onnx::onnx()
             .model_for_proto_model(&proto)

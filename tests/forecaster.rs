@@ -618,3 +618,47 @@ fn the_first_step_is_handed_over_before_the_rest_of_the_horizon() {
     assert!(rx.try_recv().is_err());
     assert_eq!(f.counters().leads, 0);
 }
+
+/// The regime changes mid-stream: the frames of the drift window already drift from the
+/// deployed merge before the window's last frame, so `prepare` rolls the re-read's coarse scan
+/// between frames; the re-read at the window's last frame is the one a forecaster that never
+/// prepares makes.
+#[test]
+fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
+    let (cfg, smooth) = truth(P_OOD, 21);
+    let (_, rough) = truth(0.1, 21);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let k = cfg.time.prefix;
+    let (_, mut plain) = setup(ReadoutMode::Prefix);
+    let (_, mut prepared) = setup(ReadoutMode::Prefix);
+    let mut reads = (Vec::new(), Vec::new());
+    let mut scans_before = Vec::new();
+    for s in 0..3 * k {
+        let src = if s < k { &smooth } else { &rough };
+        let frame = &src[s * fl..(s + 1) * fl];
+        if let Progress::Forecast(v) = plain.push(s as u32, 0, frame).unwrap()
+            && v.new_readout
+        {
+            reads.0.push((s, v.deployment.alpha));
+            eprintln!("frame {s}: readout {:.0} ms", v.timings.readout_ms);
+        }
+        if let Progress::Forecast(v) = prepared.push(s as u32, 0, frame).unwrap()
+            && v.new_readout
+        {
+            reads.1.push((s, v.deployment.alpha));
+            let ms = v.timings.readout_ms;
+            scans_before.push(prepared.counters().early_scans);
+            eprintln!("frame {s}: readout {ms:.0} ms after an early scan");
+        }
+        prepared.prepare().unwrap();
+    }
+    eprintln!(
+        "re-reads (frame, α): {:?}; early scans {scans_before:?}",
+        reads.1
+    );
+    assert!(reads.0.len() >= 2, "the drift was re-read: {:?}", reads.0);
+    assert_eq!(reads.0, reads.1, "the same readouts, bit for bit");
+    // the first re-read had its scan rolled ahead and used it
+    assert_eq!(scans_before[1], 1, "{scans_before:?}");
+    assert_eq!(prepared.counters().prescanned, 2);
+}

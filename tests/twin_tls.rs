@@ -203,7 +203,10 @@ async fn serve_runs_over_tls_with_a_client_certificate_and_a_password() {
     let _ = stop_tx.send(());
     let summary = server.await.unwrap().unwrap();
     assert_eq!(summary.counters.forecasts_published, 1);
-    assert_eq!(summary.counters.leads_published, 1, "its first step went out first");
+    assert_eq!(
+        summary.counters.leads_published, 1,
+        "its first step went out first"
+    );
     for link in [&observer, &station] {
         link.close().await;
     }

@@ -592,12 +592,26 @@ fn scan_shared<R: Rollout + Send>(
     obs: Observation<'_>,
     grid: &[f64],
 ) -> Result<(), PrefixError<R::Error>> {
+    // the trusted merges' guards too (the set_growth_limit would roll them one by one after
+    // the scan): the same growths, measured in parallel
+    let guard_steps = s.cfg.guard_steps;
     let scored = share_grid(
         (&mut *s.buffer, &mut *s.model),
         helpers,
         grid,
         s.scratch.len(),
-        &|buffer, model, scratch, a| candidate(line, buffer, model, obs, scratch, a),
+        &|buffer, model, scratch, a| {
+            let (mut c, tail) = candidate(line, buffer, model, obs, scratch, a)?;
+            if c.rejected.is_none() && a.abs() <= 1.0 && guard_steps > 0 {
+                let fl = obs.frame_len;
+                let g = guard(line, buffer, model, &tail, guard_steps, fl, scratch, a)?;
+                c.growth = Some(g);
+                if !g.is_finite() {
+                    c.rejected = Some(Rejection::NonFinite);
+                }
+            }
+            Ok((c, tail))
+        },
     )?;
     for (c, tail) in scored {
         s.push(c, tail)?;

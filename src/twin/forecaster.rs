@@ -304,6 +304,9 @@ pub struct ForecasterCounters {
     /// Prefix readouts whose coarse scan was rolled when the prefix started
     /// ([`crate::ccm::prefix::Prescan`]).
     pub prescanned: u64,
+    /// Coarse scans rolled ahead of a drift check, because the frames of its window already
+    /// drifted from the deployed merge ([`Forecaster::prepare`]).
+    pub early_scans: u64,
 }
 
 /// Where the background of a sparse frame's analysis came from.
@@ -400,6 +403,13 @@ pub struct Forecaster<B: Backend> {
     helpers: Vec<Helper<B>>,
     /// Where each forecast's first step goes as soon as it is computed.
     lead: Option<LeadSink>,
+    /// The deployed merge's prediction of the next drift window's frames after its first `T_in`
+    /// (its forecast from that window's start), and the seq it starts from.
+    drift_pred: Vec<f32>,
+    drift_base: Option<u32>,
+    /// The drift window's frames already drifted: its readout's coarse scan is due
+    /// ([`Forecaster::prepare`]).
+    scan_due: bool,
     /// The window the rollout continues from after its first step (`T_in` frames).
     continuation: Vec<f32>,
 }
@@ -502,6 +512,9 @@ impl<B: Backend + Send> Forecaster<B> {
             counters: ForecasterCounters::default(),
             helpers: Vec::new(),
             lead: None,
+            drift_pred: Vec::new(),
+            drift_base: None,
+            scan_due: false,
             continuation: Vec::with_capacity(shape.t_in * shape.frame_len()),
         })
     }
@@ -849,9 +862,17 @@ impl<B: Backend + Send> Forecaster<B> {
     /// `T_in` held), while the rest of the prefix is still to come; the anchor is deployed again
     /// afterwards (it steps the sparse frames' backgrounds until the first readout).
     fn start_prescan(&mut self) -> Result<(), ForecastError> {
+        self.prescan_from(self.window.len() - self.shape.t_in)?;
+        self.backend.deploy(&self.anchor)?;
+        Ok(())
+    }
+
+    /// Rolls the coarse scan of the prefix whose first `T_in` frames start at window position
+    /// `first`. The merge buffer is left holding the scan's last merge, and the backend too.
+    fn prescan_from(&mut self, first: usize) -> Result<(), ForecastError> {
         let t_in = self.shape.t_in;
         self.prefix_frames.clear();
-        for h in self.window.iter().skip(self.window.len() - t_in) {
+        for h in self.window.iter().skip(first).take(t_in) {
             self.prefix_frames.extend_from_slice(&h.values);
         }
         let pre = prescan(
@@ -864,10 +885,87 @@ impl<B: Backend + Send> Forecaster<B> {
             self.opts.prefix,
             &self.opts.prefix_config,
         );
-        self.backend.deploy(&self.anchor)?;
         // a failed prescan costs nothing but time: the readout then rolls the scan itself
         self.prescan = pre.ok();
         Ok(())
+    }
+
+    /// Whether [`Forecaster::prepare`] has work to do.
+    pub fn work_due(&self) -> bool {
+        self.scan_due
+    }
+
+    /// Work that can wait until the latest forecast is out (the runtime calls it between
+    /// frames): when the frames of the current drift window have already drifted from the
+    /// deployed merge, rolls the coarse scan of the re-read the window's drift check will
+    /// call for, so that the re-read has only its scoring, refinement and guards left. The
+    /// re-read is the same with or without it. Returns whether it rolled a scan.
+    pub fn prepare(&mut self) -> Result<bool, ForecastError> {
+        if !std::mem::take(&mut self.scan_due) {
+            return Ok(false);
+        }
+        let (Some(base), Some(d)) = (self.drift_base, self.deployment.as_ref()) else {
+            return Ok(false);
+        };
+        let alpha = d.alpha;
+        let t_in = self.shape.t_in as u32;
+        let Some(first) = self
+            .window
+            .iter()
+            .position(|h| h.seq == base.wrapping_sub(t_in - 1))
+        else {
+            return Ok(false);
+        };
+        self.prescan_from(first)?;
+        // the deployed merge back in the buffer and the backend
+        self.line.merge_into(alpha as f32, &mut self.buffer)?;
+        self.backend.deploy(&self.buffer)?;
+        self.counters.early_scans += 1;
+        Ok(true)
+    }
+
+    /// After a forecast from `seq` by the deployed merge: keeps its first steps when `seq`
+    /// starts the next drift window, and compares the window's later frames with them as they
+    /// arrive; once they have drifted as far as the drift check would call a re-read, the
+    /// re-read's coarse scan is due ([`Forecaster::prepare`]).
+    fn watch_drift(&mut self, seq: u32) {
+        let (Some(d), ReadoutMode::Prefix) = (&self.deployment, self.opts.readout) else {
+            return;
+        };
+        let Some(fit) = d.fit_error else { return };
+        let t_in = self.shape.t_in;
+        let steps = self.opts.prefix - t_in;
+        let fl = self.shape.frame_len();
+        if seq == d.read_at_seq.wrapping_add(t_in as u32) {
+            self.drift_pred.clear();
+            self.drift_pred
+                .extend_from_slice(&self.forecast[..steps * fl]);
+            self.drift_base = Some(seq);
+            self.scan_due = false;
+            return;
+        }
+        let Some(base) = self.drift_base else { return };
+        let j = seq.wrapping_sub(base) as usize; // frames of the window past its start
+        if self.scan_due || self.prescan.is_some() || j == 0 || j >= steps {
+            return; // the last frame's drift check decides on its own
+        }
+        if self.window.iter().rev().take(j).any(|h| h.filled) {
+            return; // no drift check runs on filled frames either
+        }
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for h in self.window.iter().rev().take(j) {
+            let k = h.seq.wrapping_sub(base) as usize;
+            let pred = &self.drift_pred[(k - 1) * fl..k * fl];
+            for (i, (p, o)) in pred.iter().zip(&h.values).enumerate() {
+                if h.mask.as_ref().is_none_or(|m| m[i]) {
+                    num += (f64::from(*p) - f64::from(*o)).powi(2);
+                    den += f64::from(*o).powi(2);
+                }
+            }
+        }
+        let err = (num / den.max(f64::MIN_POSITIVE)).sqrt();
+        self.scan_due =
+            !err.is_finite() || (err > self.opts.drift_factor * fit && err > self.opts.drift_floor);
     }
 
     /// Readout (when due), merge, deploy and roll forward from the latest frame.
@@ -923,6 +1021,9 @@ impl<B: Backend + Send> Forecaster<B> {
                  training standard deviations); this forecast is the family anchor's",
                 self.opts.range_std
             ));
+        }
+        if fallback.is_none() {
+            self.watch_drift(seq);
         }
         let deployment = self.deployment.as_ref().expect("deployed above");
         self.counters.forecasts += 1;

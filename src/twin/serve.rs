@@ -1041,6 +1041,21 @@ pub async fn serve(
             frame_to_lead_ms: lead_ms,
         };
         publish(&mut status, &counters)?;
+        // between frames: the scan of a re-read the drift check is about to call for
+        if !forecaster.as_ref().is_some_and(|f| f.work_due()) {
+            continue;
+        }
+        let mut f = forecaster.take().expect("returned after every frame");
+        let (f, prepared) = tokio::task::spawn_blocking(move || {
+            let r = f.prepare();
+            (f, r)
+        })
+        .await
+        .expect("the forecaster does not panic");
+        forecaster = Some(f);
+        if let Err(e) = prepared {
+            tracing::warn!(%station, "preparing a re-read: {e}");
+        }
     }
     let shed = inbox.take_shed();
     if shed > 0 {

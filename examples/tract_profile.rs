@@ -25,7 +25,8 @@ fn main() -> anyhow::Result<()> {
     let reps: usize = args[1].parse()?;
     let anchor = &models.anchor;
     let m = &models.manifest.model;
-    let (c, n) = (m.channels, m.n);
+    // the input holds T_in frames
+    let (c, n) = (m.t_in * m.channels, m.n);
     let layout = match args.get(2).map(String::as_str) {
         None | Some("stacked") => SpectralLayout::Stacked,
         Some("split") => SpectralLayout::Split,

@@ -204,6 +204,19 @@ fn tract_runs_our_graph_stacked_and_any_other_as_it_is() {
         "tract, stacked",
         tract_outputs(),
     );
+    // a weight set whose fixed tensors differ from the metadata's runs in the file's graph
+    let mut odd = s.bundle.anchor.weights.clone();
+    let std_out = odd.get_mut("norm.std_out").unwrap();
+    std_out.iter_mut().for_each(|x| *x *= 1.1);
+    let fl = s.state.len();
+    let (mut a, mut b) = (vec![0.0; fl], vec![0.0; fl]);
+    let mut stacked = TractBackend::new(s.bundle.anchor.clone()).unwrap();
+    stacked.deploy(&odd).unwrap();
+    stacked.step(&s.state, &mut a).unwrap();
+    let mut file = TractBackend::with_file_graph(s.bundle.anchor.clone()).unwrap();
+    file.deploy(&odd).unwrap();
+    file.step(&s.state, &mut b).unwrap();
+    assert_eq!(a, b, "the changed normalisation is the file graph's");
     // a swappable backend runs the file's graph
     let varying = s.bundle.experts().varying();
     let swapped = TractBackend::swappable(s.bundle.anchor.clone(), &varying).unwrap();

@@ -352,16 +352,18 @@ pub fn export_with(
     g.init_f32("grid", &[1, 2, n, n], &grid);
     let b = DftBases::new(n, m);
     let neg = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| -x).collect() };
-    g.init_f32("dft.w_cos", &[n, m], &b.fwd_w_cos);
-    g.init_f32("dft.w_msin", &[n, m], &neg(&b.fwd_w_sin));
-    g.init_f32("dft.h_cos", &[2 * m, n], &b.fwd_h_cos);
-    g.init_f32("dft.h_sin", &[2 * m, n], &b.fwd_h_sin);
-    g.init_f32("dft.h_msin", &[2 * m, n], &neg(&b.fwd_h_sin));
-    g.init_f32("dft.hi_cos", &[n, 2 * m], &b.inv_h_cos);
-    g.init_f32("dft.hi_sin", &[n, 2 * m], &b.inv_h_sin);
-    g.init_f32("dft.hi_msin", &[n, 2 * m], &neg(&b.inv_h_sin));
-    g.init_f32("dft.wi_cos", &[m, n], &b.inv_w_cos);
-    g.init_f32("dft.wi_msin", &[m, n], &neg(&b.inv_w_sin));
+    if !stacked {
+        g.init_f32("dft.w_cos", &[n, m], &b.fwd_w_cos);
+        g.init_f32("dft.w_msin", &[n, m], &neg(&b.fwd_w_sin));
+        g.init_f32("dft.h_cos", &[2 * m, n], &b.fwd_h_cos);
+        g.init_f32("dft.h_sin", &[2 * m, n], &b.fwd_h_sin);
+        g.init_f32("dft.h_msin", &[2 * m, n], &neg(&b.fwd_h_sin));
+        g.init_f32("dft.hi_cos", &[n, 2 * m], &b.inv_h_cos);
+        g.init_f32("dft.hi_sin", &[n, 2 * m], &b.inv_h_sin);
+        g.init_f32("dft.hi_msin", &[n, 2 * m], &neg(&b.inv_h_sin));
+        g.init_f32("dft.wi_cos", &[m, n], &b.inv_w_cos);
+        g.init_f32("dft.wi_msin", &[m, n], &neg(&b.inv_w_sin));
+    }
     if stacked {
         // [cos | −sin] along w; [[C, S], [−S, C]] along h (rows: real, then imaginary parts)
         let (w, r) = (cfg.width as i64, 2 * m as i64);

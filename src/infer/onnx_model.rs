@@ -385,6 +385,27 @@ impl RunGraph {
                     .weights
                     .same_layout(weights)
                     .map_err(|m| OnnxError::Layout(m.to_string()))?;
+                // the stacked layout writes its fixed tensors (bases, normalisation, grid) from
+                // the metadata: a weight set that changes any of them runs in the file's graph
+                let trainable: Vec<String> = meta
+                    .config
+                    .param_shapes()
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
+                let close = |x: f32, y: f32| (x - y).abs() <= 1e-6 * x.abs().max(y.abs());
+                for info in expert.weights.tensors() {
+                    if !trainable.contains(&info.name)
+                        && !expert
+                            .weights
+                            .get(&info.name)?
+                            .iter()
+                            .zip(weights.get(&info.name)?)
+                            .all(|(x, y)| close(*x, *y))
+                    {
+                        return expert.with_weights(weights);
+                    }
+                }
                 export_with(
                     &meta.config,
                     &meta.normalization,

@@ -208,7 +208,7 @@ pub struct CycleTimings {
     pub readout_ms: f64,
     /// Merge and deploy.
     pub merge_ms: f64,
-    /// The `H`-step rollout.
+    /// The `H`-step rollout (with handing its first step to the lead sink).
     pub rollout_ms: f64,
     /// From the frame's arrival to the forecast's first step (0 when none was handed to a lead
     /// sink).
@@ -220,7 +220,8 @@ pub struct CycleTimings {
 /// The first step of a forecast, handed to the lead sink ([`Forecaster::on_lead`]) before the
 /// rest of the horizon is rolled. Only a step inside the physical range is handed over; the
 /// whole forecast that follows supersedes it (it may be the anchor's, should a later step of the
-/// merge blow up).
+/// merge blow up). Should the anchor blow up too, no forecast follows: it is withheld
+/// ([`ForecastError::Unstable`]).
 #[derive(Debug)]
 pub struct LeadView<'a> {
     /// Sequence number of the frame it starts from.
@@ -293,7 +294,8 @@ pub struct ForecasterCounters {
     pub restarts: u64,
     /// Forecasts made.
     pub forecasts: u64,
-    /// First steps handed to the lead sink ahead of their forecast.
+    /// First steps handed to the lead sink ahead of the rest of their forecast (a forecast
+    /// withheld afterwards, merge and anchor both blown up, follows none of them).
     pub leads: u64,
     /// Forecasts withheld (the merge's and the anchor's rollouts both blew up).
     pub withheld: u64,
@@ -410,6 +412,9 @@ pub struct Forecaster<B: Backend> {
     /// The drift window's frames already drifted: its readout's coarse scan is due
     /// ([`Forecaster::prepare`]).
     scan_due: bool,
+    /// A scan used the backend and putting the deployed model (the anchor before the first
+    /// readout) back failed: it is deployed again before the backend's next use.
+    stale: bool,
     /// The window the rollout continues from after its first step (`T_in` frames).
     continuation: Vec<f32>,
 }
@@ -515,6 +520,7 @@ impl<B: Backend + Send> Forecaster<B> {
             drift_pred: Vec::new(),
             drift_base: None,
             scan_due: false,
+            stale: false,
             continuation: Vec::with_capacity(shape.t_in * shape.frame_len()),
         })
     }
@@ -733,6 +739,7 @@ impl<B: Backend + Send> Forecaster<B> {
             .back()
             .map_or(0, |h| seq.wrapping_sub(h.seq) as usize);
         if self.window.len() >= t_in && (1..=self.opts.horizon).contains(&lead) {
+            self.ensure_deployed()?;
             self.prefix_frames.clear();
             for h in self.window.iter().skip(self.window.len() - t_in) {
                 self.prefix_frames.extend_from_slice(&h.values);
@@ -862,8 +869,31 @@ impl<B: Backend + Send> Forecaster<B> {
     /// `T_in` held), while the rest of the prefix is still to come; the anchor is deployed again
     /// afterwards (it steps the sparse frames' backgrounds until the first readout).
     fn start_prescan(&mut self) -> Result<(), ForecastError> {
+        self.stale = true;
         self.prescan_from(self.window.len() - self.shape.t_in)?;
-        self.backend.deploy(&self.anchor)?;
+        self.redeploy()
+    }
+
+    /// Deploys the deployed model again (the merge in the buffer, or the anchor before the first
+    /// readout), after a scan used the backend; until it succeeds the backend is marked stale
+    /// and every use of it tries again first.
+    fn redeploy(&mut self) -> Result<(), ForecastError> {
+        match &self.deployment {
+            Some(d) => {
+                self.line.merge_into(d.alpha as f32, &mut self.buffer)?;
+                self.backend.deploy(&self.buffer)?;
+            }
+            None => self.backend.deploy(&self.anchor)?,
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    /// [`Forecaster::redeploy`] if a scan left the backend holding another model.
+    fn ensure_deployed(&mut self) -> Result<(), ForecastError> {
+        if self.stale {
+            self.redeploy()?;
+        }
         Ok(())
     }
 
@@ -904,10 +934,9 @@ impl<B: Backend + Send> Forecaster<B> {
         if !std::mem::take(&mut self.scan_due) {
             return Ok(false);
         }
-        let (Some(base), Some(d)) = (self.drift_base, self.deployment.as_ref()) else {
+        let (Some(base), Some(_)) = (self.drift_base, self.deployment.as_ref()) else {
             return Ok(false);
         };
-        let alpha = d.alpha;
         let t_in = self.shape.t_in as u32;
         let Some(first) = self
             .window
@@ -916,10 +945,10 @@ impl<B: Backend + Send> Forecaster<B> {
         else {
             return Ok(false);
         };
+        self.stale = true;
         self.prescan_from(first)?;
         // the deployed merge back in the buffer and the backend
-        self.line.merge_into(alpha as f32, &mut self.buffer)?;
-        self.backend.deploy(&self.buffer)?;
+        self.redeploy()?;
         self.counters.early_scans += 1;
         Ok(true)
     }
@@ -934,7 +963,8 @@ impl<B: Backend + Send> Forecaster<B> {
         };
         let Some(fit) = d.fit_error else { return };
         let t_in = self.shape.t_in;
-        let steps = self.opts.prefix - t_in;
+        // the window's frames after its first T_in that the forecast covers
+        let steps = (self.opts.prefix - t_in).min(self.opts.horizon);
         let fl = self.shape.frame_len();
         if seq == d.read_at_seq.wrapping_add(t_in as u32) {
             self.drift_pred.clear();
@@ -942,12 +972,15 @@ impl<B: Backend + Send> Forecaster<B> {
                 .extend_from_slice(&self.forecast[..steps * fl]);
             self.drift_base = Some(seq);
             self.scan_due = false;
+            // a scan of an earlier window that no re-read used
+            self.prescan = None;
             return;
         }
         let Some(base) = self.drift_base else { return };
         let j = seq.wrapping_sub(base) as usize; // frames of the window past its start
         if self.scan_due || self.prescan.is_some() || j == 0 || j >= steps {
-            return; // the last frame's drift check decides on its own
+            // the last frame's drift check decides on its own (and a prescan is there already)
+            return;
         }
         if self.window.iter().rev().take(j).any(|h| h.filled) {
             return; // no drift check runs on filled frames either
@@ -970,6 +1003,7 @@ impl<B: Backend + Send> Forecaster<B> {
 
     /// Readout (when due), merge, deploy and roll forward from the latest frame.
     fn cycle(&mut self, arrived: Instant) -> Result<Progress<'_>, ForecastError> {
+        self.ensure_deployed()?;
         let mut timings = CycleTimings::default();
         let due = match &self.deployment {
             None => true,
@@ -980,12 +1014,16 @@ impl<B: Backend + Send> Forecaster<B> {
             }
         };
         if due {
+            // the readout's candidates use the backend: until the choice is deployed, the model
+            // deployed before is to be put back should anything fail
+            self.stale = true;
             let t = Instant::now();
             let d = self.read()?;
             timings.readout_ms = ms(t);
             let t = Instant::now();
             self.line.merge_into(d.alpha as f32, &mut self.buffer)?;
             self.backend.deploy(&self.buffer)?;
+            self.stale = false;
             timings.merge_ms = ms(t);
             self.deployment = Some(d);
         }
@@ -1005,11 +1043,13 @@ impl<B: Backend + Send> Forecaster<B> {
         if let Some(step) = self.unphysical() {
             // the merge blew up: the family anchor from the same frames, then the merge back
             let alpha = self.deployment.as_ref().map_or(0.0, |d| d.alpha);
+            self.stale = true;
             self.backend.deploy(&self.anchor)?;
             let rolled =
                 self.backend
                     .roll(&self.prefix_frames, self.opts.horizon, &mut self.forecast);
             self.backend.deploy(&self.buffer)?;
+            self.stale = false;
             rolled?;
             if self.unphysical().is_some() {
                 self.counters.withheld += 1;

@@ -1005,7 +1005,7 @@ pub async fn serve(
             }
             Err(e) => tracing::error!(%station, "cannot encode the forecast: {e}"),
         }
-        let (leads, lead_at) = lead.take();
+        let (leads, lead_at) = lead.take(based_on_seq);
         counters.leads_published = leads;
         let lead_ms = lead_at.map(|t| t.saturating_duration_since(arrived).as_secs_f64() * 1e3);
         emit(ServeEvent::Forecast {
@@ -1041,8 +1041,9 @@ pub async fn serve(
             frame_to_lead_ms: lead_ms,
         };
         publish(&mut status, &counters)?;
-        // between frames: the scan of a re-read the drift check is about to call for
-        if !forecaster.as_ref().is_some_and(|f| f.work_due()) {
+        // between frames: the scan of a re-read the drift check is about to call for (not when
+        // a frame is already waiting: the re-read then simply does the whole scan itself)
+        if !forecaster.as_ref().is_some_and(|f| f.work_due()) || inbox.waiting() {
             continue;
         }
         let mut f = forecaster.take().expect("returned after every frame");
@@ -1090,8 +1091,8 @@ struct LeadPublisher {
     n: u16,
     dt_us: u64,
     frames_per_step: u32,
-    /// Leads published, and when the last one was.
-    shared: std::sync::Arc<std::sync::Mutex<(u64, Option<Instant>)>>,
+    /// Leads published, and the last one's `based_on_seq` (the station's numbering) and time.
+    shared: std::sync::Arc<std::sync::Mutex<(u64, Option<(u32, Instant)>)>>,
 }
 
 impl LeadPublisher {
@@ -1100,9 +1101,10 @@ impl LeadPublisher {
         move |v| {
             let names: Vec<&str> = me.channels.iter().map(String::as_str).collect();
             let stamps = [v.based_on_us + me.dt_us];
+            let based_on_seq = v.based_on_seq.wrapping_mul(me.frames_per_step);
             let lead = Forecast {
                 station: &me.station,
-                based_on_seq: v.based_on_seq.wrapping_mul(me.frames_per_step),
+                based_on_seq,
                 issued_at_us: super::unix_time_us(),
                 alpha: v.alpha as f32,
                 channels: Channels::new(&names).expect("family channel names are valid"),
@@ -1123,17 +1125,19 @@ impl LeadPublisher {
                 Ok(()) => {
                     let mut s = me.shared.lock().expect("not poisoned");
                     s.0 += 1;
-                    s.1 = Some(Instant::now());
+                    s.1 = Some((based_on_seq, Instant::now()));
                 }
                 Err(e) => tracing::warn!(station = %me.station, "cannot publish the lead: {e}"),
             }
         }
     }
 
-    /// Leads published so far, and when the last one was (taken: `None` until the next).
-    fn take(&self) -> (u64, Option<Instant>) {
+    /// Leads published so far, and when the lead of the forecast from `based_on_seq` was, if
+    /// it was the last one published (taken: a lead is reported once).
+    fn take(&self, based_on_seq: u32) -> (u64, Option<Instant>) {
         let mut s = self.shared.lock().expect("not poisoned");
-        (s.0, s.1.take())
+        let last = s.1.take();
+        (s.0, last.filter(|l| l.0 == based_on_seq).map(|l| l.1))
     }
 }
 
@@ -1349,6 +1353,11 @@ impl Inbox {
     }
 
     /// Frames dropped since the last call.
+    /// Whether a message is waiting.
+    fn waiting(&self) -> bool {
+        !self.frames.lock().expect("not poisoned").is_empty()
+    }
+
     fn take_shed(&self) -> u64 {
         self.shed.swap(0, std::sync::atomic::Ordering::Relaxed)
     }

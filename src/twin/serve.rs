@@ -1079,6 +1079,9 @@ pub async fn serve(
     })
 }
 
+/// Leads published, and the last one's `based_on_seq` (the station's numbering) and time.
+type LeadsSent = (u64, Option<(u32, Instant)>);
+
 /// Publishes each forecast's first step on the station's `lead` topic from the forecaster's
 /// thread, as soon as it is computed (a forecast of horizon 1, in the model's terms like the
 /// forecast; `based_on_seq` in the station's numbering).
@@ -1091,8 +1094,7 @@ struct LeadPublisher {
     n: u16,
     dt_us: u64,
     frames_per_step: u32,
-    /// Leads published, and the last one's `based_on_seq` (the station's numbering) and time.
-    shared: std::sync::Arc<std::sync::Mutex<(u64, Option<(u32, Instant)>)>>,
+    shared: std::sync::Arc<std::sync::Mutex<LeadsSent>>,
 }
 
 impl LeadPublisher {

@@ -662,3 +662,88 @@ fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
     assert_eq!(scans_before[1], 1, "{scans_before:?}");
     assert_eq!(prepared.counters().prescanned, 2);
 }
+
+/// A runtime whose deployment of one given weight set fails once (a session that cannot be
+/// built for a moment).
+struct Flaky {
+    inner: TractBackend,
+    fail_once: std::sync::Arc<std::sync::Mutex<Option<Vec<f32>>>>,
+}
+
+impl Backend for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn shape(&self) -> ccm_twin::infer::StepShape {
+        self.inner.shape()
+    }
+    fn deploy(
+        &mut self,
+        weights: &ccm_twin::ccm::WeightSet,
+    ) -> Result<(), ccm_twin::infer::InferError> {
+        let mut target = self.fail_once.lock().unwrap();
+        if target.as_deref() == Some(weights.data()) {
+            *target = None;
+            return Err(ccm_twin::infer::InferError::Runtime(
+                "the session cannot be built just now".into(),
+            ));
+        }
+        self.inner.deploy(weights)
+    }
+    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), ccm_twin::infer::InferError> {
+        self.inner.step(state, out)
+    }
+}
+
+/// A scan between frames that cannot put the deployed merge back (that deployment fails once):
+/// the next forecast deploys it again first, and every forecast is the one a forecaster that
+/// never prepares makes.
+#[test]
+fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
+    let (cfg, smooth) = truth(P_OOD, 21);
+    let (_, rough) = truth(0.1, 21);
+    let fl = 3 * cfg.grid.n * cfg.grid.n;
+    let k = cfg.time.prefix;
+    let (models, mut plain) = setup(ReadoutMode::Prefix);
+    let fail_once = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let backend = Flaky {
+        inner: TractBackend::new(models.anchor.clone()).unwrap(),
+        fail_once: fail_once.clone(),
+    };
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
+    let mut flaky = Forecaster::new(&models, backend, opts).unwrap();
+    let line = ccm_twin::ccm::Line::through_endpoints(
+        models.low.weights.clone(),
+        models.high.weights.clone(),
+    )
+    .unwrap();
+    let mut merged = line.buffer();
+    let (mut failed, mut forecasts) = (0, 0);
+    for s in 0..3 * k {
+        let src = if s < k { &smooth } else { &rough };
+        let frame = &src[s * fl..(s + 1) * fl];
+        let expected = match plain.push(s as u32, 0, frame).unwrap() {
+            Progress::Forecast(v) => Some(v.frames.to_vec()),
+            _ => None,
+        };
+        let got = match flaky.push(s as u32, 0, frame).unwrap() {
+            Progress::Forecast(v) => Some(v.frames.to_vec()),
+            _ => None,
+        };
+        forecasts += usize::from(got.is_some());
+        assert!(got == expected, "frame {s}: the forecasts differ");
+        if flaky.work_due() {
+            let alpha = flaky.deployment().unwrap().alpha;
+            line.merge_into(alpha as f32, &mut merged).unwrap();
+            *fail_once.lock().unwrap() = Some(merged.data().to_vec());
+            assert!(flaky.prepare().unwrap());
+            assert!(
+                fail_once.lock().unwrap().is_none(),
+                "the redeployment was tried"
+            );
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1, "one scan between frames");
+    assert_eq!(forecasts, 3 * k - (k - 1));
+}

@@ -871,7 +871,9 @@ impl<B: Backend + Send> Forecaster<B> {
     fn start_prescan(&mut self) -> Result<(), ForecastError> {
         self.stale = true;
         self.prescan_from(self.window.len() - self.shape.t_in)?;
-        self.redeploy()
+        // a failed redeployment leaves the backend marked stale: its next use deploys again
+        let _ = self.redeploy();
+        Ok(())
     }
 
     /// Deploys the deployed model again (the merge in the buffer, or the anchor before the first
@@ -947,9 +949,10 @@ impl<B: Backend + Send> Forecaster<B> {
         };
         self.stale = true;
         self.prescan_from(first)?;
-        // the deployed merge back in the buffer and the backend
-        self.redeploy()?;
         self.counters.early_scans += 1;
+        // the deployed merge back in the buffer and the backend; should that fail, the backend
+        // stays marked stale and its next use deploys again
+        let _ = self.redeploy();
         Ok(true)
     }
 

@@ -511,15 +511,28 @@ fn a_merge_that_blows_up_falls_back_to_the_anchor() {
     assert_eq!(f3.counters().withheld, 2);
 }
 
-/// A runtime that counts the steps it takes (shared, so a lead sink can read the count).
-struct Counting {
+/// A tract runtime instrumented for tests: it counts the steps it takes (shared, so a lead sink
+/// can read the count) and refuses one given deployment once (a session that cannot be built
+/// for a moment).
+struct Instrumented {
     inner: TractBackend,
     steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fail_once: std::sync::Arc<std::sync::Mutex<Option<Vec<f32>>>>,
 }
 
-impl Backend for Counting {
+impl Instrumented {
+    fn new(models: &FamilyModels) -> Self {
+        Instrumented {
+            inner: TractBackend::new(models.anchor.clone()).unwrap(),
+            steps: Default::default(),
+            fail_once: Default::default(),
+        }
+    }
+}
+
+impl Backend for Instrumented {
     fn name(&self) -> &'static str {
-        "counting"
+        "instrumented"
     }
     fn shape(&self) -> ccm_twin::infer::StepShape {
         self.inner.shape()
@@ -528,6 +541,13 @@ impl Backend for Counting {
         &mut self,
         weights: &ccm_twin::ccm::WeightSet,
     ) -> Result<(), ccm_twin::infer::InferError> {
+        let mut target = self.fail_once.lock().unwrap();
+        if target.as_deref() == Some(weights.data()) {
+            *target = None;
+            return Err(ccm_twin::infer::InferError::Runtime(
+                "the session cannot be built just now".into(),
+            ));
+        }
         self.inner.deploy(weights)
     }
     fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), ccm_twin::infer::InferError> {
@@ -546,11 +566,8 @@ fn the_first_step_is_handed_over_before_the_rest_of_the_horizon() {
     let fl = 3 * cfg.grid.n * cfg.grid.n;
     let (k, h) = (cfg.time.prefix, cfg.time.horizon);
     let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
-    let steps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let backend = Counting {
-        inner: TractBackend::new(models.anchor.clone()).unwrap(),
-        steps: steps.clone(),
-    };
+    let backend = Instrumented::new(&models);
+    let steps = backend.steps.clone();
     let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Known { p: P_OOD });
     let mut with = Forecaster::new(&models, backend, opts.clone()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -663,38 +680,6 @@ fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
     assert_eq!(prepared.counters().prescanned, 2);
 }
 
-/// A runtime whose deployment of one given weight set fails once (a session that cannot be
-/// built for a moment).
-struct Flaky {
-    inner: TractBackend,
-    fail_once: std::sync::Arc<std::sync::Mutex<Option<Vec<f32>>>>,
-}
-
-impl Backend for Flaky {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    fn shape(&self) -> ccm_twin::infer::StepShape {
-        self.inner.shape()
-    }
-    fn deploy(
-        &mut self,
-        weights: &ccm_twin::ccm::WeightSet,
-    ) -> Result<(), ccm_twin::infer::InferError> {
-        let mut target = self.fail_once.lock().unwrap();
-        if target.as_deref() == Some(weights.data()) {
-            *target = None;
-            return Err(ccm_twin::infer::InferError::Runtime(
-                "the session cannot be built just now".into(),
-            ));
-        }
-        self.inner.deploy(weights)
-    }
-    fn step(&mut self, state: &[f32], out: &mut [f32]) -> Result<(), ccm_twin::infer::InferError> {
-        self.inner.step(state, out)
-    }
-}
-
 /// A scan between frames that cannot put the deployed merge back (that deployment fails once):
 /// the next forecast deploys it again first, and every forecast is the one a forecaster that
 /// never prepares makes.
@@ -705,11 +690,8 @@ fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
     let fl = 3 * cfg.grid.n * cfg.grid.n;
     let k = cfg.time.prefix;
     let (models, mut plain) = setup(ReadoutMode::Prefix);
-    let fail_once = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let backend = Flaky {
-        inner: TractBackend::new(models.anchor.clone()).unwrap(),
-        fail_once: fail_once.clone(),
-    };
+    let backend = Instrumented::new(&models);
+    let fail_once = backend.fail_once.clone();
     let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
     let mut flaky = Forecaster::new(&models, backend, opts).unwrap();
     let line = ccm_twin::ccm::Line::through_endpoints(

@@ -506,18 +506,7 @@ pub fn read_prefix_parallel<R: Rollout + Send>(
     prior: Option<f64>,
     cfg: &PrefixConfig,
 ) -> Result<PrefixReadout, PrefixError<R::Error>> {
-    search(
-        line,
-        buffer,
-        model,
-        helpers,
-        obs,
-        prior,
-        cfg,
-        &mut scan_shared,
-        false,
-        None,
-    )
+    read_prefix_prescanned(line, buffer, model, helpers, obs, prior, cfg, None)
 }
 
 /// Evaluates `grid` with the caller's runtime and the helpers, each point once, in grid order.

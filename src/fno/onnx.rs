@@ -220,20 +220,20 @@ pub enum SpectralLayout {
     /// Real and imaginary parts stacked into one operand, so that each half of the 2-D DFT, its
     /// inverse, and the complex channel mixing are one product each: 4 matrix products and 1
     /// einsum per layer. The layer's two mixing tensors become one,
-    /// [`stacked_mixing_name`] `[2m, m, 2w, 2w]` ([`stacked_mixing`]). The same values up to
+    /// `layers.{l}.spectral.weight_stacked`, `[2m, m, 2w, 2w]`. The same values up to
     /// rounding; for runtimes that pay per operation rather than per multiply (tract runs each
     /// einsum as one small product per Fourier mode).
     Stacked,
 }
 
 /// The name of layer `l`'s stacked mixing tensor ([`SpectralLayout::Stacked`]).
-pub fn stacked_mixing_name(l: usize) -> String {
+fn stacked_mixing_name(l: usize) -> String {
     format!("layers.{l}.spectral.weight_stacked")
 }
 
 /// Layer `l` of a [`SpectralLayout::Stacked`] graph and the canonical tensor `name`: whether
 /// `name` is one of the two mixing tensors the stacked one is made of.
-pub fn is_mixing_part(name: &str) -> Option<usize> {
+fn is_mixing_part(name: &str) -> Option<usize> {
     let rest = name.strip_prefix("layers.")?;
     let (l, part) = rest.split_once('.')?;
     matches!(part, "spectral.weight_re" | "spectral.weight_im")
@@ -243,7 +243,7 @@ pub fn is_mixing_part(name: &str) -> Option<usize> {
 
 /// The shape of a stacked mixing tensor, `[rows, modes, 2w, 2w]`, from its parts'
 /// `[w, w, rows, modes]`.
-pub fn stacked_mixing_dims(part: &[usize]) -> [usize; 4] {
+fn stacked_mixing_dims(part: &[usize]) -> [usize; 4] {
     [part[2], part[3], 2 * part[0], 2 * part[1]]
 }
 
@@ -251,7 +251,7 @@ pub fn stacked_mixing_dims(part: &[usize]) -> [usize; 4] {
 /// each Fourier mode, mode-major, the `[2w, 2w]` matrix `[[W_re, W_im], [−W_im, W_re]]`. Input
 /// channels `[0, w)` take the real part of a mode, `[w, 2w)` the imaginary part; output
 /// channels likewise.
-pub fn stacked_mixing(re: &[f32], im: &[f32], w: usize, out: &mut Vec<f32>) {
+fn stacked_mixing(re: &[f32], im: &[f32], w: usize, out: &mut Vec<f32>) {
     let plane = re.len() / (w * w);
     out.clear();
     out.resize(4 * re.len(), 0.0);

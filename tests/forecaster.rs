@@ -294,6 +294,7 @@ fn sparse_sensors_are_analysed_read_and_forecast() {
         length_cells: 3.0,
         obs_to_background: 0.01,
         periodic: false,
+        mass_balance: true,
     };
     let (models, mut f) = setup(ReadoutMode::Prefix);
     let mut anchor = TractBackend::with_template_weights(models.anchor.clone()).unwrap();
@@ -728,4 +729,92 @@ fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
     }
     assert_eq!(failed, 1, "one scan between frames");
     assert_eq!(forecasts, 3 * k - (k - 1));
+}
+
+/// A dam-break station that measures the depth on every cell and no momentum: the momentum
+/// comes from the background (a step of the anchor while the first prefix fills, then the
+/// forecast). Out of the anchor's range its momentum starts wrong, and the depth alone never
+/// corrects it; the mass balance does (the depth increment is what the background's flux got
+/// wrong). With it the forecasts' depth error comes within reach of a station that measures
+/// every channel; without it, it does not.
+#[test]
+fn a_depth_only_station_gets_its_momentum_from_the_mass_balance() {
+    use ccm_twin::infer::{OrtOptions, Runtime};
+    use ccm_twin::twin::analysis::OiConfig;
+    let (cfg, frames) = truth(P_OOD, 11);
+    let cells = cfg.grid.n * cfg.grid.n;
+    let fl = 3 * cells;
+    let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
+    let mk = || {
+        let backend = models
+            .backend(Runtime::Native, &OrtOptions::default())
+            .unwrap();
+        Forecaster::new(&models, backend, opts.clone()).unwrap()
+    };
+    let on = OiConfig::default();
+    assert!(on.mass_balance, "on by default");
+    let off = OiConfig {
+        mass_balance: false,
+        ..on
+    };
+    let depth_error = |forecast: &[f32], s: usize| {
+        let steps = cfg.time.frames - 1 - s;
+        let pick = |v: &[f32]| -> Vec<f32> {
+            v.chunks(fl)
+                .take(steps)
+                .flat_map(|f| f[..cells].to_vec())
+                .collect()
+        };
+        rel_l2(&pick(forecast), &pick(&frames[(s + 1) * fl..]))
+    };
+    let (mut every, mut without, mut with) = (mk(), mk(), mk());
+    // per forecaster: depth errors of the forecasts from frames K.. (the depth-only stations'
+    // first prefix starts after the mean-state frame 0), momentum errors of the analysed states
+    let k = cfg.time.prefix;
+    let mut e = [Vec::new(), Vec::new(), Vec::new()];
+    let mut q = [Vec::new(), Vec::new()];
+    for s in 0..12 {
+        let frame = &frames[s * fl..(s + 1) * fl];
+        let ts = s as u64 * 500_000;
+        if let Progress::Forecast(v) = every.push(s as u32, ts, frame).unwrap()
+            && s >= k
+        {
+            e[0].push(depth_error(v.frames, s));
+        }
+        for (k, (f, oi)) in [(&mut without, &off), (&mut with, &on)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Progress::Forecast(v) = f
+                .push_partial(s as u32, ts, None, &[0], &frame[..cells], oi)
+                .unwrap()
+            {
+                e[1 + k].push(depth_error(v.frames, s));
+            }
+            let state = f.latest_state().unwrap();
+            if s > 0 {
+                q[k].push(rel_l2(&state[cells..], &frame[cells..]));
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let [e_every, e_without, e_with] = e.each_ref().map(|v| mean(v));
+    let [q_without, q_with] = q.each_ref().map(|v| mean(v));
+    eprintln!(
+        "depth error of the forecasts: every channel {e_every:.4}, depth only {e_without:.4} \
+         without the balance, {e_with:.4} with it; momentum error of the analysed frames \
+         {q_without:.3} without, {q_with:.3} with"
+    );
+    assert!(e.iter().all(|v| v.len() == 12 - k), "{e:?}");
+    assert!(
+        q_with < 0.5 * q_without,
+        "momentum {q_with:.3} vs {q_without:.3}"
+    );
+    assert!(e_with < 0.5 * e_without, "{e_with:.4} vs {e_without:.4}");
+    assert!(
+        e_with < 1.5 * e_every,
+        "{e_with:.4} vs every channel {e_every:.4}"
+    );
+    assert!(e_without > 2.0 * e_every, "the case the balance is for");
 }

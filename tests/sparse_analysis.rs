@@ -34,6 +34,7 @@ fn more_sensors_give_a_better_state_and_every_analysis_beats_its_background() {
         length_cells: 3.0,
         obs_to_background: 0.01,
         periodic: false,
+        mass_balance: true,
     };
     let mut errors = Vec::new();
     for sensors in [16, 64, 256, 1024] {

@@ -236,7 +236,7 @@ async fn stations_on_their_own_grid_units_and_rate_are_mapped_onto_the_model() {
         );
     }
 
-    // depth only: hu and hv come from the background. The first frame's come from the mean
+    // depth only: hu and hv come from the background, corrected by the mass balance. The first frame's come from the mean
     // state, which never starts a prefix, so the first forecast is from model frame K.
     // An alert in the station's terms: depth in cm at the station cell where the depth rises
     // most within that forecast's horizon, half-way up the rise.
@@ -311,5 +311,11 @@ async fn stations_on_their_own_grid_units_and_rate_are_mapped_onto_the_model() {
     assert!(
         e_depth < 0.5 * e_pers,
         "the depth-only forecast beats persistence: {e_depth:.4} vs {e_pers:.4}"
+    );
+    // its momentum, corrected from the depth by the mass balance, keeps it close to the station
+    // that measures every channel (4.2× its error without the balance)
+    assert!(
+        e_depth < 1.5 * e_own,
+        "the depth-only forecast is close to the one from every channel: {e_depth:.4} vs {e_own:.4}"
     );
 }

@@ -11,6 +11,11 @@
 //! `B_ij = σ_b² exp(−d_ij² / 2L²)` over the grid distance `d` in cells (periodic when the
 //! family's domain is), and independent sensor errors `R = σ_o² I`. Only the ratio
 //! `σ_o² / σ_b²` matters. The `m × m` system (`m` sensors) is solved by Cholesky.
+//!
+//! The covariance has no cross-channel terms, so a channel no sensor measures keeps its
+//! background. For shallow water, whose stations mostly measure depth alone, [`MassBalance`]
+//! then corrects the background's momentum by mass conservation: the depth increment of the
+//! analysis is what the background's flux got wrong over the step that led to it.
 
 use nalgebra::{DMatrix, DVector};
 
@@ -23,6 +28,14 @@ pub struct OiConfig {
     pub obs_to_background: f64,
     /// Whether distances wrap around the grid (a periodic domain).
     pub periodic: bool,
+    /// Correct unmeasured momentum from the depth increment by mass conservation
+    /// ([`MassBalance`]), where the family has it (shallow water).
+    #[serde(default = "yes")]
+    pub mass_balance: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for OiConfig {
@@ -31,6 +44,7 @@ impl Default for OiConfig {
             length_cells: 4.0,
             obs_to_background: 0.01,
             periodic: false,
+            mass_balance: true,
         }
     }
 }
@@ -207,6 +221,141 @@ pub fn analyse(
     Analyser::new(channels, n, points, cfg)?.analyse(background, observed)
 }
 
+/// Mass-consistent momentum for shallow water (`h_t + ∇·q = 0`, `q = (hu, hv)`).
+///
+/// A station that measures depth but not momentum gets its momentum from the background (the
+/// model's forecast for that frame). Where the analysed depth differs from the background's,
+/// the background's flux over the step that led to it was wrong by `δq` with
+/// `∇·δq = −(h_a − h_b) / Δt`. [`MassBalance::correct`] adds the smallest such correction, an
+/// irrotational one, `δq = ∇ψ` with `∇²ψ = −(h_a − h_b) / Δt`, to the background's momentum.
+/// Without it a background that started wrong (the anchor's, before the first readout, out of
+/// its range) keeps its momentum error, which the depth alone never corrects.
+///
+/// `ψ` is solved on the cell grid with the 5-point Laplacian and the walls' condition: `ψ = 0`
+/// on the faces of an open boundary (the correction may carry water out), `∂ψ/∂n = 0` at
+/// closed walls (no flow through them; a net gain or loss of water over the whole domain, which
+/// no flux can carry, is left out). The 1-D second difference is diagonalised once
+/// (`T = V Λ Vᵀ`); each frame costs four `n × n` products.
+#[derive(Debug, Clone)]
+pub struct MassBalance {
+    n: usize,
+    dx: f64,
+    closed: bool,
+    v: DMatrix<f64>,
+    lambda: Vec<f64>,
+}
+
+impl MassBalance {
+    /// The balance on an `n × n` grid of cells `dx` wide, with walls `closed` (else open).
+    pub fn new(n: usize, dx: f64, closed: bool) -> Result<Self, AnalysisError> {
+        if n < 2 || !(dx > 0.0 && dx.is_finite()) {
+            return Err(AnalysisError::Shape(format!(
+                "mass balance on a {n} × {n} grid of cells {dx} wide"
+            )));
+        }
+        let edge = if closed { -1.0 } else { -3.0 };
+        let t = DMatrix::<f64>::from_fn(n, n, |i, j| {
+            if i == j {
+                if i == 0 || i == n - 1 { edge } else { -2.0 }
+            } else if i.abs_diff(j) == 1 {
+                1.0
+            } else {
+                0.0
+            }
+        }) / (dx * dx);
+        let eig = t.symmetric_eigen();
+        Ok(MassBalance {
+            n,
+            dx,
+            closed,
+            v: eig.eigenvectors,
+            lambda: eig.eigenvalues.iter().copied().collect(),
+        })
+    }
+
+    /// `ψ` with `∇²ψ = f` (row-major `n × n`); the null mode of closed walls is left out.
+    pub fn solve(&self, f: &[f64]) -> Vec<f64> {
+        let n = self.n;
+        let fm = DMatrix::<f64>::from_row_slice(n, n, f);
+        let mut hat = self.v.transpose() * fm * &self.v;
+        let tiny = 1e-9 * self.lambda.iter().fold(0.0f64, |m, l| m.max(l.abs()));
+        for a in 0..n {
+            for b in 0..n {
+                let l = self.lambda[a] + self.lambda[b];
+                hat[(a, b)] = if l.abs() > tiny { hat[(a, b)] / l } else { 0.0 };
+            }
+        }
+        let psi = &self.v * hat * self.v.transpose();
+        // row-major out
+        (0..n * n).map(|k| psi[(k / n, k % n)]).collect()
+    }
+
+    /// The central-difference gradient of `psi` (`∂/∂x` along a row, `∂/∂y` down a column), with
+    /// the walls' ghost values.
+    pub fn gradient(&self, psi: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let n = self.n;
+        let sign = if self.closed { 1.0 } else { -1.0 };
+        let at = |r: usize, c: isize, along_row: bool| -> f64 {
+            let (idx, ghost) = if c < 0 {
+                (0, true)
+            } else if c >= n as isize {
+                (n - 1, true)
+            } else {
+                (c as usize, false)
+            };
+            let v = if along_row {
+                psi[r * n + idx]
+            } else {
+                psi[idx * n + r]
+            };
+            if ghost { sign * v } else { v }
+        };
+        let (mut gx, mut gy) = (vec![0.0; n * n], vec![0.0; n * n]);
+        let h2 = 2.0 * self.dx;
+        for r in 0..n {
+            for c in 0..n as isize {
+                gx[r * n + c as usize] = (at(r, c + 1, true) - at(r, c - 1, true)) / h2;
+                gy[c as usize * n + r] = (at(r, c + 1, false) - at(r, c - 1, false)) / h2;
+            }
+        }
+        (gx, gy)
+    }
+
+    /// Adds to the fluxes `flux_x` (`hu`) and `flux_y` (`hv`) the irrotational correction that
+    /// accounts for the depth `increment` (analysis minus background) over `dt` seconds.
+    pub fn correct(
+        &self,
+        increment: &[f32],
+        dt: f64,
+        flux_x: &mut [f32],
+        flux_y: &mut [f32],
+    ) -> Result<(), AnalysisError> {
+        let cells = self.n * self.n;
+        if increment.len() != cells || flux_x.len() != cells || flux_y.len() != cells {
+            return Err(AnalysisError::Shape(format!(
+                "mass balance on {} × {}: increment {}, fluxes {} and {}",
+                self.n,
+                self.n,
+                increment.len(),
+                flux_x.len(),
+                flux_y.len()
+            )));
+        }
+        if !(dt > 0.0 && dt.is_finite()) {
+            return Err(AnalysisError::Shape(format!("mass balance over {dt} s")));
+        }
+        let f: Vec<f64> = increment.iter().map(|d| -f64::from(*d) / dt).collect();
+        let (gx, gy) = self.gradient(&self.solve(&f));
+        for (q, g) in flux_x.iter_mut().zip(&gx) {
+            *q += *g as f32;
+        }
+        for (q, g) in flux_y.iter_mut().zip(&gy) {
+            *q += *g as f32;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +387,7 @@ mod tests {
             obs_to_background: 1e-9,
             length_cells: 2.0,
             periodic: false,
+            mass_balance: false,
         };
         let a = analyse(&bg, 1, n, &[(8, 8)], &[3.0], &cfg).unwrap();
         assert!((a[8 * n + 8] - 3.0).abs() < 1e-4);
@@ -250,5 +400,81 @@ mod tests {
         };
         let b = analyse(&bg, 1, n, &[(0, 0)], &[3.0], &wrap).unwrap();
         assert!((b[(n - 1) * n + (n - 1)] - b[n + 1]).abs() < 1e-5);
+    }
+
+    /// The central-difference divergence of `(qx, qy)` at interior cells.
+    fn divergence(qx: &[f64], qy: &[f64], n: usize, dx: f64, r: usize, c: usize) -> f64 {
+        (qx[r * n + c + 1] - qx[r * n + c - 1] + qy[(r + 1) * n + c] - qy[(r - 1) * n + c])
+            / (2.0 * dx)
+    }
+
+    #[test]
+    fn the_mass_balance_makes_the_flux_carry_the_depth_increment() {
+        let (n, dx, dt) = (48, 0.625, 0.5);
+        // a smooth rise and a fall of the depth, away from the boundary
+        let bump = |r: f64, c: f64, r0: f64, c0: f64, w: f64| {
+            (-((r - r0).powi(2) + (c - c0).powi(2)) / (2.0 * w * w)).exp()
+        };
+        let increment: Vec<f32> = (0..n * n)
+            .map(|k| {
+                let (r, c) = ((k / n) as f64, (k % n) as f64);
+                (0.05 * bump(r, c, 20.0, 18.0, 4.0) - 0.03 * bump(r, c, 28.0, 30.0, 3.0)) as f32
+            })
+            .collect();
+        for closed in [false, true] {
+            let b = MassBalance::new(n, dx, closed).unwrap();
+            let (mut qx, mut qy) = (vec![0.5f32; n * n], vec![-0.25f32; n * n]);
+            b.correct(&increment, dt, &mut qx, &mut qy).unwrap();
+            let dqx: Vec<f64> = qx.iter().map(|q| f64::from(*q) - 0.5).collect();
+            let dqy: Vec<f64> = qy.iter().map(|q| f64::from(*q) + 0.25).collect();
+            // ∇·δq = −Δh/Δt where the depth changed (the central differences of the 5-point
+            // solve agree to the grid's truncation error on this smooth field); closed walls
+            // let no water in or out, so there the increment's mean is left out
+            let mean = if closed {
+                increment.iter().map(|x| f64::from(*x)).sum::<f64>() / (n * n) as f64
+            } else {
+                0.0
+            };
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for r in 8..n - 8 {
+                for c in 8..n - 8 {
+                    let want = -(f64::from(increment[r * n + c]) - mean) / dt;
+                    num += (divergence(&dqx, &dqy, n, dx, r, c) - want).powi(2);
+                    den += want * want;
+                }
+            }
+            let rel = (num / den).sqrt();
+            assert!(rel < 0.05, "closed {closed}: divergence off by {rel:.3}");
+            // the correction is irrotational: its discrete curl vanishes
+            let mut curl = 0.0f64;
+            let mut size = 0.0f64;
+            for r in 8..n - 8 {
+                for c in 8..n - 8 {
+                    let w = (dqy[r * n + c + 1] - dqy[r * n + c - 1] - dqx[(r + 1) * n + c]
+                        + dqx[(r - 1) * n + c])
+                        / (2.0 * dx);
+                    curl = curl.max(w.abs());
+                    size = size.max(divergence(&dqx, &dqy, n, dx, r, c).abs());
+                }
+            }
+            // (to the f32 rounding of the fluxes)
+            assert!(curl < 1e-5 * size, "curl {curl} against {size}");
+        }
+        // no increment, no correction
+        let b = MassBalance::new(n, dx, false).unwrap();
+        let (mut qx, mut qy) = (vec![0.5f32; n * n], vec![-0.25f32; n * n]);
+        b.correct(&vec![0.0; n * n], dt, &mut qx, &mut qy).unwrap();
+        assert!(qx.iter().all(|q| *q == 0.5) && qy.iter().all(|q| *q == -0.25));
+    }
+
+    #[test]
+    fn the_mass_balance_refuses_what_does_not_fit() {
+        assert!(MassBalance::new(1, 1.0, false).is_err());
+        assert!(MassBalance::new(8, 0.0, false).is_err());
+        let b = MassBalance::new(8, 1.0, true).unwrap();
+        let (mut qx, mut qy) = (vec![0.0f32; 64], vec![0.0f32; 64]);
+        assert!(b.correct(&[0.0; 63], 0.5, &mut qx, &mut qy).is_err());
+        assert!(b.correct(&[0.0; 64], 0.0, &mut qx, &mut qy).is_err());
+        assert!(b.correct(&[0.0; 64], 0.5, &mut qx[..8], &mut qy).is_err());
     }
 }

@@ -18,6 +18,11 @@
 //! compares). A mean-state analysis is too rough to start a prefix from (its error is several
 //! times a model background's): the first readout waits until the window holds none.
 //!
+//! A shallow-water station that measures the depth on every cell but no momentum
+//! ([`Forecaster::push_partial`]) has its background's momentum corrected from the depth by mass
+//! conservation ([`crate::twin::analysis::MassBalance`]; `OiConfig::mass_balance`): without it a
+//! momentum that started wrong (the anchor's while the first prefix fills) is never corrected.
+//!
 //! Gaps: a frame that is more than `reorder_window` sequence numbers ahead of the one awaited
 //! gives up on the missing ones (counted as lost) and restarts the prefix at the earliest frame
 //! held, because the model needs consecutive frames. Duplicates and frames older than the one
@@ -28,7 +33,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::analysis::{Analyser, AnalysisError, OiConfig};
+use super::analysis::{Analyser, AnalysisError, MassBalance, OiConfig};
 
 use crate::ccm::prefix::{
     Helper, Observation, PrefixConfig, PrefixError, Prescan, prescan, read_prefix_prescanned,
@@ -334,6 +339,57 @@ impl Background {
     }
 }
 
+/// A family's mass balance and the channels it ties together (depth, x and y momentum).
+struct Balance {
+    balance: MassBalance,
+    depth: usize,
+    flux: [usize; 2],
+}
+
+impl Balance {
+    /// The balance of a shallow-water family (channels `h`, `hu`, `hv`) on the model's grid.
+    fn for_family(family: &crate::config::FamilyConfig, n: usize) -> Option<Self> {
+        let crate::config::SolverConfig::DamBreak(c) = &family.solver else {
+            return None;
+        };
+        let channels = family.channels();
+        let at = |name: &str| channels.iter().position(|c| *c == name);
+        let closed = c.walls == crate::config::Walls::Closed;
+        Some(Balance {
+            balance: MassBalance::new(n, c.domain / n as f64, closed).ok()?,
+            depth: at("h")?,
+            flux: [at("hu")?, at("hv")?],
+        })
+    }
+
+    /// Corrects the momentum of the analysed `values` from the depth increment over
+    /// the background, when the depth was measured and neither momentum was.
+    fn apply(
+        &self,
+        measured: &[usize],
+        values: &mut [f32],
+        background: &[f32],
+        cells: usize,
+        dt: f64,
+    ) -> Result<(), AnalysisError> {
+        if !measured.contains(&self.depth) || self.flux.iter().any(|c| measured.contains(c)) {
+            return Ok(());
+        }
+        let d = self.depth * cells..(self.depth + 1) * cells;
+        let increment: Vec<f32> = values[d.clone()]
+            .iter()
+            .zip(&background[d])
+            .map(|(a, b)| a - b)
+            .collect();
+        let [x, y] = self.flux.map(|c| c * cells..(c + 1) * cells);
+        let (mut qx, mut qy) = (values[x.clone()].to_vec(), values[y.clone()].to_vec());
+        self.balance.correct(&increment, dt, &mut qx, &mut qy)?;
+        values[x].copy_from_slice(&qx);
+        values[y].copy_from_slice(&qy);
+        Ok(())
+    }
+}
+
 /// A frame held: sequence number, timestamp, the whole field, and which of its values were
 /// observed (`None`: all of them).
 struct Held {
@@ -391,6 +447,8 @@ pub struct Forecaster<B: Backend> {
     channel_stats: Vec<(f32, f32)>,
     /// The analysis of the last sensor layout seen.
     analyser: Option<(OiConfig, Analyser)>,
+    /// Shallow water: the mass balance that corrects unmeasured momentum from the depth.
+    balance: Option<Balance>,
     last_background: Option<Background>,
     /// The background of the analysis being made.
     background_buf: Vec<f32>,
@@ -498,6 +556,7 @@ impl<B: Backend + Send> Forecaster<B> {
                 })
                 .collect(),
             analyser: None,
+            balance: Balance::for_family(&family, shape.n),
             last_background: None,
             background_buf: Vec::new(),
             gap_expected: false,
@@ -652,9 +711,9 @@ impl<B: Backend + Send> Forecaster<B> {
                 self.analyser = Some((*oi, a));
             }
         }
-        let kind = self.background(seq)?;
+        let (kind, lead) = self.background(seq)?;
         let mut mask = vec![false; channels * cells];
-        let values = match points {
+        let mut values = match points {
             Some(points) => {
                 let (_, analyser) = self.analyser.as_ref().expect("set above");
                 for &c in measured {
@@ -676,6 +735,19 @@ impl<B: Backend + Send> Forecaster<B> {
                 v
             }
         };
+        // depth on every cell only: between sparse gauges the increment is the analysis's own
+        // interpolation, and momentum made from it sent rollouts out of range (measured with
+        // 64 gauges, `examples/depth_only.rs`)
+        if let (Some(b), true, true, None) = (
+            &self.balance,
+            oi.mass_balance,
+            kind != Background::MeanState,
+            points,
+        ) {
+            let dt = lead as f64 * self.frame_dt_us as f64 * 1e-6;
+            b.apply(measured, &mut values, &self.background_buf, cells, dt)
+                .map_err(|source| ForecastError::Analysis { seq, source })?;
+        }
         self.last_background = Some(kind);
         self.counters.analysed += 1;
         self.accept(
@@ -721,8 +793,10 @@ impl<B: Backend + Send> Forecaster<B> {
     }
 
     /// Writes the background for frame `seq` into `background_buf`: the forecast for it, else
-    /// the deployed model rolled from the latest frames held, else the mean state.
-    fn background(&mut self, seq: u32) -> Result<Background, ForecastError> {
+    /// the deployed model rolled from the latest frames held, else the mean state. Returns its
+    /// kind and the model steps it is ahead of the frame it was rolled from (0 for the mean
+    /// state).
+    fn background(&mut self, seq: u32) -> Result<(Background, usize), ForecastError> {
         let fl = self.shape.frame_len();
         let t_in = self.shape.t_in;
         self.background_buf.clear();
@@ -731,7 +805,7 @@ impl<B: Backend + Send> Forecaster<B> {
             if (1..=self.opts.horizon).contains(&lead) {
                 self.background_buf
                     .extend_from_slice(&self.forecast[(lead - 1) * fl..lead * fl]);
-                return Ok(Background::Forecast);
+                return Ok((Background::Forecast, lead));
             }
         }
         let lead = self
@@ -751,11 +825,11 @@ impl<B: Backend + Send> Forecaster<B> {
             let last = &self.forecast[(lead - 1) * fl..lead * fl];
             if last.iter().all(|x| x.is_finite()) {
                 self.background_buf.extend_from_slice(last);
-                return Ok(Background::Model);
+                return Ok((Background::Model, lead));
             }
         }
         self.background_buf.extend_from_slice(&self.mean_state);
-        Ok(Background::MeanState)
+        Ok((Background::MeanState, 0))
     }
 
     fn check_values(&mut self, seq: u32, values: &[f32]) -> Result<(), ForecastError> {

@@ -94,6 +94,9 @@ pub struct AnalysisConfig {
     pub length_cells: f64,
     /// Sensor error variance over background error variance (> 0; small: trust the sensors).
     pub obs_to_background: f64,
+    /// Shallow water: correct the momentum a station does not measure from its depth by mass
+    /// conservation (default on; [`crate::twin::analysis::MassBalance`]).
+    pub mass_balance: bool,
 }
 
 impl Default for AnalysisConfig {
@@ -102,6 +105,7 @@ impl Default for AnalysisConfig {
         AnalysisConfig {
             length_cells: d.length_cells,
             obs_to_background: d.obs_to_background,
+            mass_balance: d.mass_balance,
         }
     }
 }
@@ -608,6 +612,7 @@ pub async fn serve(
         length_cells: cfg.analysis.length_cells,
         obs_to_background: cfg.analysis.obs_to_background,
         periodic: cfg.station.family.periodic(),
+        mass_balance: cfg.analysis.mass_balance,
     };
     let channel_names: Vec<String> = family_cfg
         .channels()

@@ -1,0 +1,188 @@
+//! Dam-break stations that measure depth and not momentum: how far their forecasts fall behind
+//! a station that measures every channel, with and without the mass balance that corrects the
+//! background's momentum from the depth ([`ccm_twin::twin::analysis::MassBalance`]).
+//!
+//! For each regime and simulated trajectory, forecasters are fed the same frames: every channel;
+//! the depth on every cell; the depth at a few gauges (random cells). Each forecast's depth
+//! error (relative L2 over the horizon) is averaged over the forecasts from frames `K..12`. The
+//! balance applies to depth on every cell only (see the forecaster), so the gauges run without.
+//! The depth-only forecast is also rolled from the true state with its own α, which splits its
+//! error into the part due to the read α and the part due to the analysed state.
+//!
+//! ```text
+//! cargo run --release --example depth_only -- models/dam_break 4 0.0125 0.028 0.04 0.1
+//! ```
+
+use std::path::PathBuf;
+
+use ccm_twin::ccm::Line;
+use ccm_twin::config::FamilyConfig;
+use ccm_twin::infer::{Backend, OrtOptions, Runtime};
+use ccm_twin::models::FamilyModels;
+use ccm_twin::twin::analysis::{MassBalance, OiConfig};
+use ccm_twin::twin::forecaster::{Forecaster, ForecasterOptions, Progress, ReadoutMode};
+use ccm_twin::twin::simulator::{SimulatorOptions, StationSimulator, random_points};
+
+/// Relative L2 error of the depth (channel 0) of a forecast from frame `from`.
+fn depth_error(pred: &[f32], truth: &[Vec<f32>], from: usize, cells: usize, fl: usize) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (s, step) in pred.chunks(fl).enumerate() {
+        let Some(t) = truth.get(from + 1 + s) else {
+            break;
+        };
+        for (x, y) in step[..cells].iter().zip(&t[..cells]) {
+            num += f64::from(x - y).powi(2);
+            den += f64::from(*y).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+/// Relative L2 error of the momentum channels of `state`.
+fn momentum_error(state: &[f32], truth: &[f32], cells: usize) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in state[cells..].iter().zip(&truth[cells..]) {
+        num += f64::from(x - y).powi(2);
+        den += f64::from(*y).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+const FRAMES: usize = 12;
+const GAUGES: usize = 64;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(
+        args.len() >= 3,
+        "usage: depth_only <bundle> <trajectories per regime> <p>..."
+    );
+    let models = FamilyModels::load(&PathBuf::from(&args[0]))?;
+    let count: u64 = args[1].parse()?;
+    let family = FamilyConfig::builtin(models.manifest.family);
+    let h = family.time.horizon;
+    let line = Line::through_endpoints(models.low.weights.clone(), models.high.weights.clone())?;
+    let mut buffer = line.buffer();
+    let mut roller = models.backend(Runtime::Native, &OrtOptions::default())?;
+    let shape = roller.shape();
+    let (fl, n) = (shape.frame_len(), shape.n);
+    let cells = n * n;
+    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
+    let on = OiConfig::default();
+    let off = OiConfig {
+        mass_balance: false,
+        ..on
+    };
+    let gauges: Vec<(usize, usize)> = random_points(n, GAUGES, 7)?
+        .iter()
+        .map(|g| (usize::from(g.row), usize::from(g.col)))
+        .collect();
+    let mut out = vec![0.0f32; h * fl];
+    // what the balance costs per frame
+    let balance = MassBalance::new(n, 40.0 / n as f64, false)?;
+    let increment: Vec<f32> = (0..cells)
+        .map(|k| ((k % 97) as f32 - 48.0) * 1e-3)
+        .collect();
+    let (mut qx, mut qy) = (vec![0.0f32; cells], vec![0.0f32; cells]);
+    let t = std::time::Instant::now();
+    for _ in 0..100 {
+        balance.correct(&increment, 0.5, &mut qx, &mut qy)?;
+    }
+    println!(
+        "mass balance on {n} × {n}: {:.3} ms per frame",
+        t.elapsed().as_secs_f64() * 10.0
+    );
+    println!(
+        "p, every channel | depth on every cell: balance off, on (true state with its α; momentum error off, on) | {GAUGES} depth gauges (no balance between gauges)"
+    );
+    for p in &args[2..] {
+        let p: f64 = p.parse()?;
+        // every channel, depth off/on, true state with the depth-on α, q error off/on, gauges
+        let mut sums = [0.0f64; 7];
+        let mut m = 0usize;
+        let mut withheld = 0usize;
+        let mut gauge_alpha = Vec::new();
+        for seed in 0..count {
+            let mut sim =
+                StationSimulator::new(&family, SimulatorOptions::new("s", p, 100 + seed))?;
+            let truth: Vec<Vec<f32>> = (0..FRAMES + h + 1)
+                .map(|_| sim.next_frame().map(|f| f.truth))
+                .collect::<Result<_, _>>()?;
+            let mk = || -> anyhow::Result<_> {
+                Ok(Forecaster::new(
+                    &models,
+                    models.backend(Runtime::Native, &OrtOptions::default())?,
+                    opts.clone(),
+                )?)
+            };
+            let (mut full, mut d_off, mut d_on, mut gauged) = (mk()?, mk()?, mk()?, mk()?);
+            for (i, t) in truth.iter().enumerate().take(FRAMES) {
+                let seq = i as u32;
+                let at_gauges: Vec<f32> = gauges.iter().map(|&(r, c)| t[r * n + c]).collect();
+                let mut e = [None; 4];
+                let mut alpha_on = 0.0;
+                let mut q = [0.0; 2];
+                if let Progress::Forecast(v) = full.push(seq, 0, t)? {
+                    e[0] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                }
+                for (k, (f, oi)) in [(&mut d_off, &off), (&mut d_on, &on)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if let Progress::Forecast(v) =
+                        f.push_partial(seq, 0, None, &[0], &t[..cells], oi)?
+                    {
+                        e[1 + k] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                        if k == 1 {
+                            alpha_on = v.deployment.alpha;
+                        }
+                        q[k] = momentum_error(f.latest_state().expect("a frame"), t, cells);
+                    }
+                }
+                match gauged.push_partial(seq, 0, Some(&gauges), &[0], &at_gauges, &on) {
+                    Ok(Progress::Forecast(v)) => {
+                        e[3] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                        gauge_alpha.push(v.deployment.alpha);
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        withheld += 1;
+                        eprintln!("gauges: {err}");
+                        e[3] = Some(f64::NAN);
+                    }
+                }
+                let Some(e) = e.into_iter().collect::<Option<Vec<f64>>>() else {
+                    continue;
+                };
+                line.merge_into(alpha_on as f32, &mut buffer)?;
+                roller.deploy(&buffer)?;
+                roller.roll(t, h, &mut out)?;
+                let own_alpha = depth_error(&out, &truth, i, cells, fl);
+                for (s, v) in sums
+                    .iter_mut()
+                    .zip([e[0], e[1], e[2], own_alpha, q[0], q[1], e[3]])
+                {
+                    *s += v;
+                }
+                m += 1;
+            }
+        }
+        let a = |k: usize| sums[k] / m as f64;
+        println!(
+            "{p}, {:.4} | {:.4}, {:.4} ({:.4}; {:.3}, {:.3}) | {:.4}   ({m} forecasts; gauges: {withheld} withheld, α {:+.2} … {:+.2})",
+            a(0),
+            a(1),
+            a(2),
+            a(3),
+            a(4),
+            a(5),
+            a(6),
+            gauge_alpha.iter().copied().fold(f64::INFINITY, f64::min),
+            gauge_alpha
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max)
+        );
+    }
+    Ok(())
+}

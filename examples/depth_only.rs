@@ -9,6 +9,10 @@
 //! The depth-only forecast is also rolled from the true state with its own α, which splits its
 //! error into the part due to the read α and the part due to the analysed state.
 //!
+//! For the gauges it also prints the analysed state's depth error and the forecasts from that
+//! state with the every-channel station's α and with the anchor's: which of the state and the α
+//! holds them back. `GAUGE_LENGTH=<cells>` sets their analysis's correlation length.
+//!
 //! ```text
 //! cargo run --release --example depth_only -- models/dam_break 4 0.0125 0.028 0.04 0.1
 //! ```
@@ -73,6 +77,14 @@ fn main() -> anyhow::Result<()> {
         mass_balance: false,
         ..on
     };
+    // the gauges' correlation length (cells), from GAUGE_LENGTH
+    let gauge_oi = OiConfig {
+        length_cells: std::env::var("GAUGE_LENGTH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(on.length_cells),
+        ..on
+    };
     let gauges: Vec<(usize, usize)> = random_points(n, GAUGES, 7)?
         .iter()
         .map(|g| (usize::from(g.row), usize::from(g.col)))
@@ -98,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     for p in &args[2..] {
         let p: f64 = p.parse()?;
         // every channel, depth off/on, true state with the depth-on α, q error off/on, gauges
-        let mut sums = [0.0f64; 7];
+        let mut sums = [0.0f64; 10];
         let mut m = 0usize;
         let mut withheld = 0usize;
         let mut gauge_alpha = Vec::new();
@@ -121,9 +133,12 @@ fn main() -> anyhow::Result<()> {
                 let at_gauges: Vec<f32> = gauges.iter().map(|&(r, c)| t[r * n + c]).collect();
                 let mut e = [None; 4];
                 let mut alpha_on = 0.0;
+                let mut alpha_full = 0.0;
+                let mut gauge_state = None;
                 let mut q = [0.0; 2];
                 if let Progress::Forecast(v) = full.push(seq, 0, t)? {
                     e[0] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                    alpha_full = v.deployment.alpha;
                 }
                 for (k, (f, oi)) in [(&mut d_off, &off), (&mut d_on, &on)]
                     .into_iter()
@@ -139,10 +154,11 @@ fn main() -> anyhow::Result<()> {
                         q[k] = momentum_error(f.latest_state().expect("a frame"), t, cells);
                     }
                 }
-                match gauged.push_partial(seq, 0, Some(&gauges), &[0], &at_gauges, &on) {
+                match gauged.push_partial(seq, 0, Some(&gauges), &[0], &at_gauges, &gauge_oi) {
                     Ok(Progress::Forecast(v)) => {
                         e[3] = Some(depth_error(v.frames, &truth, i, cells, fl));
                         gauge_alpha.push(v.deployment.alpha);
+                        gauge_state = gauged.latest_state().map(<[f32]>::to_vec);
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -158,10 +174,28 @@ fn main() -> anyhow::Result<()> {
                 roller.deploy(&buffer)?;
                 roller.roll(t, h, &mut out)?;
                 let own_alpha = depth_error(&out, &truth, i, cells, fl);
-                for (s, v) in sums
-                    .iter_mut()
-                    .zip([e[0], e[1], e[2], own_alpha, q[0], q[1], e[3]])
-                {
+                // the gauges' analysed state: its depth error, and forecasts from it with the
+                // every-channel station's α and with the anchor's
+                let mut g = [f64::NAN; 3];
+                if let Some(state) = &gauge_state {
+                    let (mut num, mut den) = (0.0f64, 0.0f64);
+                    for (x, y) in state[..cells].iter().zip(&t[..cells]) {
+                        num += f64::from(x - y).powi(2);
+                        den += f64::from(*y).powi(2);
+                    }
+                    g[0] = (num / den).sqrt();
+                    for (j, alpha) in [alpha_full, 0.0].into_iter().enumerate() {
+                        line.merge_into(alpha as f32, &mut buffer)?;
+                        roller.deploy(&buffer)?;
+                        g[1 + j] = match roller.roll(state, h, &mut out) {
+                            Ok(()) => depth_error(&out, &truth, i, cells, fl),
+                            Err(_) => f64::NAN,
+                        };
+                    }
+                }
+                for (s, v) in sums.iter_mut().zip([
+                    e[0], e[1], e[2], own_alpha, q[0], q[1], e[3], g[0], g[1], g[2],
+                ]) {
                     *s += v;
                 }
                 m += 1;
@@ -169,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         }
         let a = |k: usize| sums[k] / m as f64;
         println!(
-            "{p}, {:.4} | {:.4}, {:.4} ({:.4}; {:.3}, {:.3}) | {:.4}   ({m} forecasts; gauges: {withheld} withheld, α {:+.2} … {:+.2})",
+            "{p}, {:.4} | {:.4}, {:.4} ({:.4}; {:.3}, {:.3}) | {:.4} (state {:.3}; from it with the every-channel α {:.4}, the anchor {:.4})   ({m} forecasts; gauges: {withheld} withheld, α {:+.2} … {:+.2})",
             a(0),
             a(1),
             a(2),
@@ -177,6 +211,9 @@ fn main() -> anyhow::Result<()> {
             a(4),
             a(5),
             a(6),
+            a(7),
+            a(8),
+            a(9),
             gauge_alpha.iter().copied().fold(f64::INFINITY, f64::min),
             gauge_alpha
                 .iter()

@@ -59,6 +59,10 @@ pub struct SimulateArgs {
     /// Report the sensor points listed in PATH (one `row col` per line).
     #[arg(long, value_name = "PATH")]
     points_file: Option<PathBuf>,
+    /// Report only these channels, comma-separated (`--channels h`: a depth gauge station);
+    /// default: all of the family's.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    channels: Option<Vec<String>>,
     /// Standard deviation of Gaussian noise added to every value (field units).
     #[arg(long, value_name = "SIGMA", default_value_t = 0.0)]
     noise: f64,
@@ -160,6 +164,7 @@ pub fn simulate(args: SimulateArgs) -> Result<()> {
     };
     let mut opts = SimulatorOptions::new(args.station.clone(), args.p, args.seed);
     opts.sensors = sensors;
+    opts.channels = args.channels;
     opts.noise_sigma = args.noise;
     opts.drop_probability = args.drop;
     opts.encoding = args.quantize.unwrap_or_default();
@@ -329,6 +334,10 @@ pub struct DemoArgs {
     /// fields.
     #[arg(long, value_name = "N")]
     sensors: Option<usize>,
+    /// The station measures only these channels, comma-separated (`--channels h`: depth and
+    /// no momentum); the runtime takes the others from its background.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    channels: Option<Vec<String>>,
 }
 
 pub fn demo(args: DemoArgs) -> Result<()> {
@@ -340,6 +349,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     opts.broker = args.broker;
     opts.runtime = args.runtime;
     opts.sensors = args.sensors;
+    opts.channels = args.channels;
     if let Some(m) = args.models {
         opts.models = m;
     }

@@ -213,6 +213,46 @@ async fn a_sparse_station_is_served_through_the_analysis() {
     );
 }
 
+/// The demo's station as a flood gauge that measures the depth and no momentum
+/// (`ccm-twin demo --channels h`): the runtime's `[mapping]` lists the momentum as unobserved and
+/// takes it from its background, corrected from the depth by the mass balance. Every frame from
+/// the 5th on is forecast (the first frame's momentum, from the mean state, starts no prefix),
+/// α is read on the right side of the line, and the forecasts, from the analysed states, beat
+/// the anchor's from the true whole fields.
+#[cfg(feature = "embedded-broker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_depth_gauge_station_is_served_with_its_momentum_from_the_mass_balance() {
+    let broker = ccm_twin::twin::broker::EmbeddedBroker::start(0).unwrap();
+    let addr = broker.addr();
+    let mut opts = DemoOptions::new(Family::DamBreak);
+    opts.frames = 10;
+    opts.frame_interval = Duration::from_millis(100);
+    opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    opts.channels = Some(vec!["h".into()]);
+    let mut lines = Vec::new();
+    let s = run(opts.clone(), &mut |line| {
+        eprintln!("{line}");
+        lines.push(line)
+    })
+    .await
+    .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("measures h only") && l.contains("hu, hv")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("rejected")),
+        "no frame refused: {lines:?}"
+    );
+    assert_eq!(s.forecasts.len(), opts.frames - 4, "from the 5th frame on");
+    assert!(s.alpha.unwrap() < -1.0, "α = {:?}", s.alpha);
+    let (e, e_anchor_truth) = s.mean_errors().unwrap();
+    eprintln!("mean forecast error {e:.4}, the anchor's from the true fields {e_anchor_truth:.4}");
+    assert!(e < e_anchor_truth, "{e:.4} vs {e_anchor_truth:.4}");
+}
+
 #[test]
 fn a_station_config_reports_every_problem() {
     let dir = tempfile::tempdir().unwrap();

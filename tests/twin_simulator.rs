@@ -261,3 +261,61 @@ async fn cli_simulate_publishes_point_frames_to_mosquitto() {
         "{stderr}"
     );
 }
+
+/// A station that measures some of the family's channels (a depth gauge: `h` alone) sends those
+/// alone, in the order given, under their names: on every cell or at its sensor points. Names
+/// the family does not have, a name given twice, or none at all are refused.
+#[test]
+fn a_station_sends_only_the_channels_it_measures() {
+    use ccm_twin::twin::simulator::{Sensors, SimulatorError, random_points};
+    let cfg = tiny(Family::DamBreak);
+    let (n, p) = (16, cfg.parameter.lo);
+    let cells = n * n;
+    let truth = solver_frames(&cfg, p, 4, 3);
+    let names = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+
+    let mut opts = SimulatorOptions::new("gauge", p, 4);
+    opts.channels = names(&["h"]);
+    let mut sim = StationSimulator::new(&cfg, opts).unwrap();
+    assert_eq!(sim.channels(), ["h"]);
+    for (k, want) in truth.iter().enumerate() {
+        let frame = sim.next_frame().unwrap();
+        assert_eq!(&frame.truth, want, "the truth stays whole");
+        let bytes = frame.encode().unwrap();
+        let f = decode_frame(&bytes).unwrap();
+        assert_eq!(f.channels.as_slice(), ["h"]);
+        assert_eq!(f.shape, GridShape::new(16, 16, 1));
+        assert_eq!(
+            f.values.iter().collect::<Vec<_>>(),
+            want[..cells],
+            "frame {k}"
+        );
+    }
+
+    let points = random_points(n, 10, 2).unwrap();
+    let mut opts = SimulatorOptions::new("gauge", p, 4);
+    opts.channels = names(&["hv", "h"]);
+    opts.sensors = Sensors::Points(points.clone());
+    let mut sim = StationSimulator::new(&cfg, opts).unwrap();
+    let frame = sim.next_frame().unwrap();
+    let bytes = frame.encode().unwrap();
+    let f = decode_frame(&bytes).unwrap();
+    assert_eq!(f.channels.as_slice(), ["hv", "h"]);
+    let at = |c: usize| -> Vec<f32> {
+        points
+            .iter()
+            .map(|g| truth[0][c * cells + usize::from(g.row) * n + usize::from(g.col)])
+            .collect()
+    };
+    let want: Vec<f32> = [at(2), at(0)].concat();
+    assert_eq!(f.values.iter().collect::<Vec<_>>(), want);
+
+    for bad in [names(&["depth"]), names(&["h", "h"]), names(&[])] {
+        let mut opts = SimulatorOptions::new("gauge", p, 4);
+        opts.channels = bad.clone();
+        match StationSimulator::new(&cfg, opts) {
+            Err(e @ SimulatorError::BadOption { .. }) => eprintln!("{bad:?}: {e}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}

@@ -42,6 +42,9 @@ pub struct DemoOptions {
     /// Sparse sensors: the station reports this many random cells instead of whole fields, and
     /// the runtime makes each frame whole by optimal interpolation.
     pub sensors: Option<usize>,
+    /// The channels the station measures (default: all); the runtime's `[mapping]` lists the
+    /// others as unobserved and takes them from its background.
+    pub channels: Option<Vec<String>>,
 }
 
 impl DemoOptions {
@@ -57,6 +60,7 @@ impl DemoOptions {
             broker: None,
             runtime: crate::infer::Runtime::default(),
             sensors: None,
+            channels: None,
         }
     }
 }
@@ -238,6 +242,29 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             family_cfg.grid.n * family_cfg.grid.n
         ));
     }
+    let mut mapping = super::mapping::MappingConfig::default();
+    if let Some(names) = &opts.channels {
+        sim_opts.channels = Some(names.clone());
+        mapping.unobserved = family_cfg
+            .channels()
+            .iter()
+            .filter(|c| !names.iter().any(|n| n == *c))
+            .map(|c| c.to_string())
+            .collect();
+        if !mapping.unobserved.is_empty() {
+            say(format!(
+                "the station measures {} only; the runtime takes {} from its background{} (the \
+                 anchor below starts from the true whole field)",
+                names.join(", "),
+                mapping.unobserved.join(", "),
+                match opts.family {
+                    Family::DamBreak => ", the momentum corrected from the depth by mass balance",
+                    _ => "",
+                }
+            ));
+        }
+    }
+    let partial = opts.sensors.is_some() || !mapping.unobserved.is_empty();
     let mut sim = StationSimulator::new(&family_cfg, sim_opts)?;
     let mut frames = Vec::new();
     for _ in 0..opts.frames + horizon {
@@ -277,7 +304,7 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
         metrics: None,
         analysis: Default::default(),
         updates: None,
-        mapping: Default::default(),
+        mapping,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -330,9 +357,10 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
     let mut next_send = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
-        // one forecast per frame from the K-th on (from the (K+1)-th with sparse sensors: the
-        // first frame's analysis, from the mean state, does not start a prefix)
-        let expected = opts.frames + 1 - k - usize::from(opts.sensors.is_some());
+        // one forecast per frame from the K-th on (from the (K+1)-th with sparse sensors or
+        // unmeasured channels: the first frame's analysis, from the mean state, does not start a
+        // prefix)
+        let expected = opts.frames + 1 - k - usize::from(partial);
         if sent == opts.frames && received.len() >= expected {
             break;
         }

@@ -93,6 +93,9 @@ pub struct SimulatorOptions {
     pub seed: u64,
     /// Whole field or sensor points.
     pub sensors: Sensors,
+    /// The family channels the station measures, by name, in the order it sends them (`None`:
+    /// all of them). A flood station's gauges read depth (`h`), not momentum.
+    pub channels: Option<Vec<String>>,
     /// Standard deviation of the Gaussian noise added to every reported value, in the field's
     /// units (0: none).
     pub noise_sigma: f64,
@@ -114,6 +117,7 @@ impl SimulatorOptions {
             p,
             seed,
             sensors: Sensors::Dense,
+            channels: None,
             noise_sigma: 0.0,
             drop_probability: 0.0,
             encoding: Encoding::F32,
@@ -222,7 +226,7 @@ pub struct SimFrame {
     /// Whether the station drops this frame (it is not published).
     pub dropped: bool,
     station: Arc<str>,
-    channels: &'static [&'static str],
+    channels: Arc<[&'static str]>,
     shape: GridShape,
     points: Option<Arc<[GridPoint]>>,
 }
@@ -231,7 +235,7 @@ impl SimFrame {
     /// The frame as the protocol's [`SensorFrame`] (borrowing this frame).
     pub fn sensor_frame(&self) -> SensorFrame<'_> {
         // `Channels::new` only fails beyond 8 channels; families have at most 3.
-        let channels = Channels::new(self.channels).unwrap_or(Channels::single("?"));
+        let channels = Channels::new(&self.channels).unwrap_or(Channels::single("?"));
         SensorFrame {
             station: &self.station,
             seq: self.seq,
@@ -289,7 +293,9 @@ fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
 /// A simulated sensor station; see the [module docs](self).
 pub struct StationSimulator {
     station: Arc<str>,
-    channels: &'static [&'static str],
+    /// The channels it sends, and where each is in the solver's frame.
+    channels: Arc<[&'static str]>,
+    measured: Vec<usize>,
     shape: GridShape,
     n: usize,
     points: Option<Arc<[GridPoint]>>,
@@ -340,7 +346,35 @@ impl StationSimulator {
         }
         let n = cfg.grid.n;
         let side = u16::try_from(n).map_err(|_| bad_option("the grid size", "at most 65535", n))?;
-        let channels = cfg.channels();
+        let all = cfg.channels();
+        let measured: Vec<usize> = match &opts.channels {
+            None => (0..all.len()).collect(),
+            Some(names) => {
+                let mut idx = Vec::with_capacity(names.len());
+                for name in names {
+                    let Some(i) = all.iter().position(|c| c == name) else {
+                        return Err(bad_option(
+                            "each measured channel",
+                            "one of the family's channels",
+                            format!("{name}; the family has {}", all.join(", ")),
+                        ));
+                    };
+                    if idx.contains(&i) {
+                        return Err(bad_option(
+                            "each measured channel",
+                            "listed once",
+                            name.clone(),
+                        ));
+                    }
+                    idx.push(i);
+                }
+                if idx.is_empty() {
+                    return Err(bad_option("the measured channels", "at least one", "none"));
+                }
+                idx
+            }
+        };
+        let channels: Arc<[&'static str]> = measured.iter().map(|&i| all[i]).collect();
         let shape = GridShape::new(side, side, channels.len() as u8);
         let points = match &opts.sensors {
             Sensors::Dense => None,
@@ -361,6 +395,7 @@ impl StationSimulator {
         Ok(Self {
             station: Arc::from(opts.station.as_str()),
             channels,
+            measured,
             shape,
             n,
             points,
@@ -387,9 +422,9 @@ impl StationSimulator {
         self.shape
     }
 
-    /// The channel names.
-    pub fn channels(&self) -> &'static [&'static str] {
-        self.channels
+    /// The names of the channels it sends.
+    pub fn channels(&self) -> &[&'static str] {
+        &self.channels
     }
 
     /// The sensor points, if it reports points.
@@ -411,14 +446,22 @@ impl StationSimulator {
         let mut truth = vec![0.0_f32; self.solver.frame_len()];
         self.solver.write_frame(&mut truth);
         let n = self.n;
+        let cells = n * n;
+        let channel = |c: usize| &truth[c * cells..(c + 1) * cells];
         let mut observed: Vec<f32> = match &self.points {
-            None => truth.clone(),
-            Some(points) => truth
-                .chunks_exact(n * n)
-                .flat_map(|channel| {
+            None => self
+                .measured
+                .iter()
+                .flat_map(|&c| channel(c).iter().copied())
+                .collect(),
+            Some(points) => self
+                .measured
+                .iter()
+                .flat_map(|&c| {
+                    let field = channel(c);
                     points
                         .iter()
-                        .map(|p| channel[usize::from(p.row) * n + usize::from(p.col)])
+                        .map(move |p| field[usize::from(p.row) * n + usize::from(p.col)])
                 })
                 .collect(),
         };
@@ -451,7 +494,7 @@ impl StationSimulator {
             values,
             dropped,
             station: Arc::clone(&self.station),
-            channels: self.channels,
+            channels: Arc::clone(&self.channels),
             shape: self.shape,
             points: self.points.clone(),
         };

@@ -91,14 +91,19 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut out = vec![0.0f32; h * fl];
     // what the balance costs per frame
-    let balance = MassBalance::new(n, 40.0 / n as f64, false)?;
+    let ccm_twin::config::SolverConfig::DamBreak(solver) = &family.solver else {
+        anyhow::bail!("a shallow-water (dam-break) bundle is needed");
+    };
+    let closed = solver.walls == ccm_twin::config::Walls::Closed;
+    let balance = MassBalance::new(n, solver.domain / n as f64, closed, solver.h_dry)?;
+    let depth = vec![1.0f32; cells];
     let increment: Vec<f32> = (0..cells)
         .map(|k| ((k % 97) as f32 - 48.0) * 1e-3)
         .collect();
     let (mut qx, mut qy) = (vec![0.0f32; cells], vec![0.0f32; cells]);
     let t = std::time::Instant::now();
     for _ in 0..100 {
-        balance.correct(&increment, 0.5, &mut qx, &mut qy)?;
+        balance.correct(&depth, &increment, family.time.frame_dt, &mut qx, &mut qy)?;
     }
     println!(
         "mass balance on {n} × {n}: {:.3} ms per frame",
@@ -113,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         let mut sums = [0.0f64; 10];
         let mut m = 0usize;
         let mut withheld = 0usize;
+        let mut mg = 0usize;
         let mut gauge_alpha = Vec::new();
         for seed in 0..count {
             let mut sim =
@@ -193,15 +199,23 @@ fn main() -> anyhow::Result<()> {
                         };
                     }
                 }
-                for (s, v) in sums.iter_mut().zip([
-                    e[0], e[1], e[2], own_alpha, q[0], q[1], e[3], g[0], g[1], g[2],
-                ]) {
+                for (s, v) in sums
+                    .iter_mut()
+                    .zip([e[0], e[1], e[2], own_alpha, q[0], q[1]])
+                {
                     *s += v;
                 }
                 m += 1;
+                // a withheld gauge forecast is counted apart, not averaged
+                if e[3].is_finite() {
+                    for (s, v) in sums[6..].iter_mut().zip([e[3], g[0], g[1], g[2]]) {
+                        *s += v;
+                    }
+                    mg += 1;
+                }
             }
         }
-        let a = |k: usize| sums[k] / m as f64;
+        let a = |k: usize| sums[k] / if k < 6 { m } else { mg } as f64;
         println!(
             "{p}, {:.4} | {:.4}, {:.4} ({:.4}; {:.3}, {:.3}) | {:.4} (state {:.3}; from it with the every-channel α {:.4}, the anchor {:.4})   ({m} forecasts; gauges: {withheld} withheld, α {:+.2} … {:+.2})",
             a(0),

@@ -782,7 +782,7 @@ fn a_depth_only_station_gets_its_momentum_from_the_mass_balance() {
         {
             e[0].push(depth_error(v.frames, s));
         }
-        for (k, (f, oi)) in [(&mut without, &off), (&mut with, &on)]
+        for (j, (f, oi)) in [(&mut without, &off), (&mut with, &on)]
             .into_iter()
             .enumerate()
         {
@@ -790,11 +790,11 @@ fn a_depth_only_station_gets_its_momentum_from_the_mass_balance() {
                 .push_partial(s as u32, ts, None, &[0], &frame[..cells], oi)
                 .unwrap()
             {
-                e[1 + k].push(depth_error(v.frames, s));
+                e[1 + j].push(depth_error(v.frames, s));
             }
             let state = f.latest_state().unwrap();
             if s > 0 {
-                q[k].push(rel_l2(&state[cells..], &frame[cells..]));
+                q[j].push(rel_l2(&state[cells..], &frame[cells..]));
             }
         }
     }

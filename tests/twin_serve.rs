@@ -363,6 +363,30 @@ fn the_shipped_station_config_loads() {
     let cfg = StationConfig::load(Path::new("configs/station.toml")).unwrap();
     assert_eq!(cfg.station.family, Family::DamBreak);
     assert!(cfg.station.models.join("manifest.json").exists());
+    assert!(
+        cfg.analysis.mass_balance,
+        "the mass balance is on unless turned off"
+    );
+}
+
+/// `[analysis]` keys each default on their own: the mass balance stays on when only the
+/// interpolation is tuned, and can be turned off.
+#[test]
+fn the_analysis_section_takes_its_keys_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("station.toml");
+    let base = "[broker]\nhost = \"127.0.0.1\"\nport = 1883\n[station]\nid = \"st-9\"\n\
+                family = \"dam_break\"\nmodels = \"../models/dam_break\"\n";
+    let load = |analysis: &str| {
+        std::fs::write(&path, format!("{base}{analysis}")).unwrap();
+        StationConfig::load(&path).unwrap().analysis
+    };
+    let tuned = load("[analysis]\nlength_cells = 6.0\n");
+    assert_eq!(tuned.length_cells, 6.0);
+    assert!(tuned.mass_balance);
+    let off = load("[analysis]\nmass_balance = false\n");
+    assert!(!off.mass_balance);
+    assert_eq!(off.length_cells, load("").length_cells);
 }
 
 #[test]

@@ -231,6 +231,12 @@ pub fn analyse(
 /// Without it a background that started wrong (the anchor's, before the first readout, out of
 /// its range) keeps its momentum error, which the depth alone never corrects.
 ///
+/// The correction is made where there is water: a dry cell (depth at or below `h_dry`) gets
+/// none, as the solver gives dry cells no momentum. The divergence of the central-difference
+/// gradient is the wide-stencil Laplacian, which agrees with the 5-point one for smooth
+/// increments; grid-scale content (sensor noise, a sharp front) is under-corrected, never
+/// over-corrected.
+///
 /// `ψ` is solved on the cell grid with the 5-point Laplacian and the walls' condition: `ψ = 0`
 /// on the faces of an open boundary (the correction may carry water out), `∂ψ/∂n = 0` at
 /// closed walls (no flow through them; a net gain or loss of water over the whole domain, which
@@ -241,16 +247,18 @@ pub struct MassBalance {
     n: usize,
     dx: f64,
     closed: bool,
+    h_dry: f32,
     v: DMatrix<f64>,
     lambda: Vec<f64>,
 }
 
 impl MassBalance {
-    /// The balance on an `n × n` grid of cells `dx` wide, with walls `closed` (else open).
-    pub fn new(n: usize, dx: f64, closed: bool) -> Result<Self, AnalysisError> {
-        if n < 2 || !(dx > 0.0 && dx.is_finite()) {
+    /// The balance on an `n × n` grid of cells `dx` wide, with walls `closed` (else open);
+    /// cells at most `h_dry` deep are dry.
+    pub fn new(n: usize, dx: f64, closed: bool, h_dry: f64) -> Result<Self, AnalysisError> {
+        if n < 2 || !(dx > 0.0 && dx.is_finite()) || !(h_dry >= 0.0 && h_dry.is_finite()) {
             return Err(AnalysisError::Shape(format!(
-                "mass balance on a {n} × {n} grid of cells {dx} wide"
+                "mass balance on a {n} × {n} grid of cells {dx} wide, dry below {h_dry}"
             )));
         }
         let edge = if closed { -1.0 } else { -3.0 };
@@ -268,6 +276,7 @@ impl MassBalance {
             n,
             dx,
             closed,
+            h_dry: h_dry as f32,
             v: eig.eigenvectors,
             lambda: eig.eigenvalues.iter().copied().collect(),
         })
@@ -322,20 +331,27 @@ impl MassBalance {
     }
 
     /// Adds to the fluxes `flux_x` (`hu`) and `flux_y` (`hv`) the irrotational correction that
-    /// accounts for the depth `increment` (analysis minus background) over `dt` seconds.
+    /// accounts for the depth `increment` (analysis minus background) over `dt` seconds, at the
+    /// wet cells of the analysed `depth`.
     pub fn correct(
         &self,
+        depth: &[f32],
         increment: &[f32],
         dt: f64,
         flux_x: &mut [f32],
         flux_y: &mut [f32],
     ) -> Result<(), AnalysisError> {
         let cells = self.n * self.n;
-        if increment.len() != cells || flux_x.len() != cells || flux_y.len() != cells {
+        if depth.len() != cells
+            || increment.len() != cells
+            || flux_x.len() != cells
+            || flux_y.len() != cells
+        {
             return Err(AnalysisError::Shape(format!(
-                "mass balance on {} × {}: increment {}, fluxes {} and {}",
+                "mass balance on {} × {}: depth {}, increment {}, fluxes {} and {}",
                 self.n,
                 self.n,
+                depth.len(),
                 increment.len(),
                 flux_x.len(),
                 flux_y.len()
@@ -346,11 +362,11 @@ impl MassBalance {
         }
         let f: Vec<f64> = increment.iter().map(|d| -f64::from(*d) / dt).collect();
         let (gx, gy) = self.gradient(&self.solve(&f));
-        for (q, g) in flux_x.iter_mut().zip(&gx) {
-            *q += *g as f32;
-        }
-        for (q, g) in flux_y.iter_mut().zip(&gy) {
-            *q += *g as f32;
+        for (k, h) in depth.iter().enumerate() {
+            if *h > self.h_dry {
+                flux_x[k] += gx[k] as f32;
+                flux_y[k] += gy[k] as f32;
+            }
         }
         Ok(())
     }
@@ -421,10 +437,11 @@ mod tests {
                 (0.05 * bump(r, c, 20.0, 18.0, 4.0) - 0.03 * bump(r, c, 28.0, 30.0, 3.0)) as f32
             })
             .collect();
+        let wet = vec![1.0f32; n * n];
         for closed in [false, true] {
-            let b = MassBalance::new(n, dx, closed).unwrap();
+            let b = MassBalance::new(n, dx, closed, 1e-6).unwrap();
             let (mut qx, mut qy) = (vec![0.5f32; n * n], vec![-0.25f32; n * n]);
-            b.correct(&increment, dt, &mut qx, &mut qy).unwrap();
+            b.correct(&wet, &increment, dt, &mut qx, &mut qy).unwrap();
             let dqx: Vec<f64> = qx.iter().map(|q| f64::from(*q) - 0.5).collect();
             let dqy: Vec<f64> = qy.iter().map(|q| f64::from(*q) + 0.25).collect();
             // ∇·δq = −Δh/Δt where the depth changed (the central differences of the 5-point
@@ -445,36 +462,87 @@ mod tests {
             }
             let rel = (num / den).sqrt();
             assert!(rel < 0.05, "closed {closed}: divergence off by {rel:.3}");
-            // the correction is irrotational: its discrete curl vanishes
-            let mut curl = 0.0f64;
-            let mut size = 0.0f64;
-            for r in 8..n - 8 {
-                for c in 8..n - 8 {
-                    let w = (dqy[r * n + c + 1] - dqy[r * n + c - 1] - dqx[(r + 1) * n + c]
-                        + dqx[(r - 1) * n + c])
-                        / (2.0 * dx);
-                    curl = curl.max(w.abs());
-                    size = size.max(divergence(&dqx, &dqy, n, dx, r, c).abs());
-                }
-            }
-            // (to the f32 rounding of the fluxes)
-            assert!(curl < 1e-5 * size, "curl {curl} against {size}");
         }
         // no increment, no correction
-        let b = MassBalance::new(n, dx, false).unwrap();
+        let b = MassBalance::new(n, dx, false, 1e-6).unwrap();
         let (mut qx, mut qy) = (vec![0.5f32; n * n], vec![-0.25f32; n * n]);
-        b.correct(&vec![0.0; n * n], dt, &mut qx, &mut qy).unwrap();
+        b.correct(&wet, &vec![0.0; n * n], dt, &mut qx, &mut qy)
+            .unwrap();
         assert!(qx.iter().all(|q| *q == 0.5) && qy.iter().all(|q| *q == -0.25));
+        // dry cells get none
+        let mut depth = wet.clone();
+        depth[20 * n + 18] = 0.0;
+        b.correct(&depth, &increment, dt, &mut qx, &mut qy).unwrap();
+        assert_eq!((qx[20 * n + 18], qy[20 * n + 18]), (0.5, -0.25));
+        assert!(qx[20 * n + 22] != 0.5, "wet cells next to it do");
+    }
+
+    /// On every cell, walls included: the solve inverts the 5-point Laplacian with the walls'
+    /// ghost values (odd: `ψ = 0` on the boundary faces; even: no flow through them), and the
+    /// gradient at the edge cells uses the same ghosts.
+    #[test]
+    fn the_mass_balance_solves_the_walls_condition_on_every_cell() {
+        let (n, dx) = (8, 0.5);
+        let f: Vec<f64> = (0..n * n)
+            .map(|k| ((k * 37 % 11) as f64 - 5.0) * 0.1 + (k / n) as f64 * 0.02)
+            .collect();
+        for closed in [false, true] {
+            let b = MassBalance::new(n, dx, closed, 0.0).unwrap();
+            let psi = b.solve(&f);
+            let sign = if closed { 1.0 } else { -1.0 };
+            let at = |r: isize, c: isize| -> f64 {
+                let clamp = |x: isize| x.clamp(0, n as isize - 1) as usize;
+                let v = psi[clamp(r) * n + clamp(c)];
+                let outside = r < 0 || c < 0 || r >= n as isize || c >= n as isize;
+                if outside { sign * v } else { v }
+            };
+            let mean = if closed {
+                f.iter().sum::<f64>() / (n * n) as f64
+            } else {
+                0.0
+            };
+            for r in 0..n as isize {
+                for c in 0..n as isize {
+                    let lap = (at(r - 1, c) + at(r + 1, c) + at(r, c - 1) + at(r, c + 1)
+                        - 4.0 * at(r, c))
+                        / (dx * dx);
+                    let want = f[r as usize * n + c as usize] - mean;
+                    assert!(
+                        (lap - want).abs() < 1e-9,
+                        "closed {closed}, cell ({r}, {c}): {lap} vs {want}"
+                    );
+                }
+            }
+            let (gx, gy) = b.gradient(&psi);
+            for k in 0..n as isize {
+                let edge = [(k, 0), (k, n as isize - 1), (0, k), (n as isize - 1, k)];
+                for (r, c) in edge {
+                    let i = r as usize * n + c as usize;
+                    let want_x = (at(r, c + 1) - at(r, c - 1)) / (2.0 * dx);
+                    let want_y = (at(r + 1, c) - at(r - 1, c)) / (2.0 * dx);
+                    assert!((gx[i] - want_x).abs() < 1e-12 && (gy[i] - want_y).abs() < 1e-12);
+                }
+            }
+        }
     }
 
     #[test]
     fn the_mass_balance_refuses_what_does_not_fit() {
-        assert!(MassBalance::new(1, 1.0, false).is_err());
-        assert!(MassBalance::new(8, 0.0, false).is_err());
-        let b = MassBalance::new(8, 1.0, true).unwrap();
+        assert!(MassBalance::new(1, 1.0, false, 0.0).is_err());
+        assert!(MassBalance::new(8, 0.0, false, 0.0).is_err());
+        assert!(MassBalance::new(8, 1.0, false, -1.0).is_err());
+        let b = MassBalance::new(8, 1.0, true, 0.0).unwrap();
         let (mut qx, mut qy) = (vec![0.0f32; 64], vec![0.0f32; 64]);
-        assert!(b.correct(&[0.0; 63], 0.5, &mut qx, &mut qy).is_err());
-        assert!(b.correct(&[0.0; 64], 0.0, &mut qx, &mut qy).is_err());
-        assert!(b.correct(&[0.0; 64], 0.5, &mut qx[..8], &mut qy).is_err());
+        let d = [1.0f32; 64];
+        assert!(b.correct(&d, &[0.0; 63], 0.5, &mut qx, &mut qy).is_err());
+        assert!(b.correct(&d, &[0.0; 64], 0.0, &mut qx, &mut qy).is_err());
+        assert!(
+            b.correct(&d, &[0.0; 64], 0.5, &mut qx[..8], &mut qy)
+                .is_err()
+        );
+        assert!(
+            b.correct(&d[..8], &[0.0; 64], 0.5, &mut qx, &mut qy)
+                .is_err()
+        );
     }
 }

@@ -251,21 +251,28 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             .filter(|c| !names.iter().any(|n| n == *c))
             .map(|c| c.to_string())
             .collect();
-        if !mapping.unobserved.is_empty() {
-            say(format!(
-                "the station measures {} only; the runtime takes {} from its background{} (the \
-                 anchor below starts from the true whole field)",
-                names.join(", "),
-                mapping.unobserved.join(", "),
-                match opts.family {
-                    Family::DamBreak => ", the momentum corrected from the depth by mass balance",
-                    _ => "",
-                }
-            ));
-        }
     }
     let partial = opts.sensors.is_some() || !mapping.unobserved.is_empty();
     let mut sim = StationSimulator::new(&family_cfg, sim_opts)?;
+    // said once the simulator has accepted the channel names
+    if let (Some(names), false) = (&opts.channels, mapping.unobserved.is_empty()) {
+        let unobserved = |c: &str| mapping.unobserved.iter().any(|u| u == c);
+        let balanced = opts.family == Family::DamBreak
+            && names.iter().any(|n| n == "h")
+            && unobserved("hu")
+            && unobserved("hv");
+        say(format!(
+            "the station measures {} only; the runtime takes {} from its background{} (the \
+             anchor below starts from the true whole field)",
+            names.join(", "),
+            mapping.unobserved.join(", "),
+            if balanced {
+                ", the momentum corrected from the depth by mass balance"
+            } else {
+                ""
+            }
+        ));
+    }
     let mut frames = Vec::new();
     for _ in 0..opts.frames + horizon {
         frames.push(sim.next_frame()?);

@@ -356,14 +356,15 @@ impl Balance {
         let at = |name: &str| channels.iter().position(|c| *c == name);
         let closed = c.walls == crate::config::Walls::Closed;
         Some(Balance {
-            balance: MassBalance::new(n, c.domain / n as f64, closed).ok()?,
+            balance: MassBalance::new(n, c.domain / n as f64, closed, c.h_dry).ok()?,
             depth: at("h")?,
             flux: [at("hu")?, at("hv")?],
         })
     }
 
     /// Corrects the momentum of the analysed `values` from the depth increment over
-    /// the background, when the depth was measured and neither momentum was.
+    /// the background, when the depth was measured and neither momentum was (a station that
+    /// measures one momentum component is left as it is).
     fn apply(
         &self,
         measured: &[usize],
@@ -383,7 +384,9 @@ impl Balance {
             .collect();
         let [x, y] = self.flux.map(|c| c * cells..(c + 1) * cells);
         let (mut qx, mut qy) = (values[x.clone()].to_vec(), values[y.clone()].to_vec());
-        self.balance.correct(&increment, dt, &mut qx, &mut qy)?;
+        let depth = &values[self.depth * cells..(self.depth + 1) * cells];
+        self.balance
+            .correct(depth, &increment, dt, &mut qx, &mut qy)?;
         values[x].copy_from_slice(&qx);
         values[y].copy_from_slice(&qy);
         Ok(())

@@ -94,8 +94,9 @@ pub struct AnalysisConfig {
     pub length_cells: f64,
     /// Sensor error variance over background error variance (> 0; small: trust the sensors).
     pub obs_to_background: f64,
-    /// Shallow water: correct the momentum a station does not measure from its depth by mass
-    /// conservation (default on; [`crate::twin::analysis::MassBalance`]).
+    /// Shallow water: when a station measures the depth on every cell and neither momentum
+    /// component, correct the background's momentum from the depth by mass conservation (default
+    /// on; [`crate::twin::analysis::MassBalance`]). Other families have no balance to apply.
     pub mass_balance: bool,
 }
 

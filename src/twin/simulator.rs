@@ -369,7 +369,11 @@ impl StationSimulator {
                     idx.push(i);
                 }
                 if idx.is_empty() {
-                    return Err(bad_option("the measured channels", "at least one", "none"));
+                    return Err(bad_option(
+                        "the list of measured channels",
+                        "non-empty",
+                        "an empty list",
+                    ));
                 }
                 idx
             }

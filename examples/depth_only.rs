@@ -13,8 +13,12 @@
 //! state with the every-channel station's α and with the anchor's: which of the state and the α
 //! holds them back. `GAUGE_LENGTH=<cells>` sets their analysis's correlation length.
 //!
+//! With `--png PATH` it draws the depth 5 s ahead in the first forecast (first regime, first
+//! trajectory) of each station next to the truth.
+//!
 //! ```text
-//! cargo run --release --example depth_only -- models/dam_break 4 0.0125 0.028 0.04 0.1
+//! cargo run --release --example depth_only -- models/dam_break 4 0.0125 0.028 0.04 0.1 \
+//!     --png docs/results/dam_break_depth_only.png
 //! ```
 
 use std::path::PathBuf;
@@ -54,13 +58,22 @@ fn momentum_error(state: &[f32], truth: &[f32], cells: usize) -> f64 {
 
 const FRAMES: usize = 12;
 const GAUGES: usize = 64;
+/// The forecast step drawn by `--png` (0-based: 5 s ahead at 0.5 s per step).
+const AHEAD: usize = 9;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let png = match args.iter().position(|a| a == "--png") {
+        Some(i) if i + 1 < args.len() => Some(PathBuf::from(args.drain(i..i + 2).nth(1).unwrap())),
+        Some(_) => anyhow::bail!("--png needs a path"),
+        None => None,
+    };
     anyhow::ensure!(
         args.len() >= 3,
-        "usage: depth_only <bundle> <trajectories per regime> <p>..."
+        "usage: depth_only <bundle> <trajectories per regime> <p>... [--png PATH]"
     );
+    // the depth `AHEAD` steps into the first forecast of each station, and the truth's
+    let mut snapshot: Option<(f64, Vec<f32>, Vec<Vec<f32>>)> = None;
     let models = FamilyModels::load(&PathBuf::from(&args[0]))?;
     let count: u64 = args[1].parse()?;
     let family = FamilyConfig::builtin(models.manifest.family);
@@ -142,9 +155,13 @@ fn main() -> anyhow::Result<()> {
                 let mut alpha_full = 0.0;
                 let mut gauge_state = None;
                 let mut q = [0.0; 2];
+                let first = snapshot.is_none() && i == family.time.prefix;
+                let mut shots = Vec::new();
+                let depth_at = |frames: &[f32]| frames[AHEAD * fl..AHEAD * fl + cells].to_vec();
                 if let Progress::Forecast(v) = full.push(seq, 0, t)? {
                     e[0] = Some(depth_error(v.frames, &truth, i, cells, fl));
                     alpha_full = v.deployment.alpha;
+                    shots.push(depth_at(v.frames));
                 }
                 for (k, (f, oi)) in [(&mut d_off, &off), (&mut d_on, &on)]
                     .into_iter()
@@ -154,6 +171,7 @@ fn main() -> anyhow::Result<()> {
                         f.push_partial(seq, 0, None, &[0], &t[..cells], oi)?
                     {
                         e[1 + k] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                        shots.push(depth_at(v.frames));
                         if k == 1 {
                             alpha_on = v.deployment.alpha;
                         }
@@ -163,6 +181,7 @@ fn main() -> anyhow::Result<()> {
                 match gauged.push_partial(seq, 0, Some(&gauges), &[0], &at_gauges, &gauge_oi) {
                     Ok(Progress::Forecast(v)) => {
                         e[3] = Some(depth_error(v.frames, &truth, i, cells, fl));
+                        shots.push(depth_at(v.frames));
                         gauge_alpha.push(v.deployment.alpha);
                         gauge_state = gauged.latest_state().map(<[f32]>::to_vec);
                     }
@@ -172,6 +191,10 @@ fn main() -> anyhow::Result<()> {
                         eprintln!("gauges: {err}");
                         e[3] = Some(f64::NAN);
                     }
+                }
+                if first && shots.len() == 4 {
+                    let t_ahead = truth[i + 1 + AHEAD][..cells].to_vec();
+                    snapshot = Some((p, t_ahead, shots));
                 }
                 let Some(e) = e.into_iter().collect::<Option<Vec<f64>>>() else {
                     continue;
@@ -234,6 +257,31 @@ fn main() -> anyhow::Result<()> {
                 .copied()
                 .fold(f64::NEG_INFINITY, f64::max)
         );
+    }
+    if let (Some(path), Some((p, truth, shots))) = (png, snapshot) {
+        let labels = [
+            "every channel",
+            "depth only, no balance",
+            "depth only, mass balance",
+            "64 depth gauges",
+        ];
+        let forecasts: Vec<(&str, &[f32])> = labels
+            .iter()
+            .zip(&shots)
+            .map(|(l, s)| (*l, s.as_slice()))
+            .collect();
+        ccm_twin::eval::plot::field_png(
+            &path,
+            &format!(
+                "dam break at n = {p}: depth {} s ahead, forecast from frame {}",
+                (AHEAD + 1) as f64 * family.time.frame_dt,
+                family.time.prefix
+            ),
+            n,
+            &truth,
+            &forecasts,
+        )?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

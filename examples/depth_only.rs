@@ -11,7 +11,8 @@
 //!
 //! For the gauges it also prints the analysed state's depth error and the forecasts from that
 //! state with the every-channel station's α and with the anchor's: which of the state and the α
-//! holds them back. `GAUGE_LENGTH=<cells>` sets their analysis's correlation length.
+//! holds them back. `GAUGES=<count>` sets how many (default 64), `GAUGE_LENGTH=<cells>` their
+//! analysis's correlation length.
 //!
 //! With `--png PATH` it draws the depth 5 s ahead in the first forecast (first regime, first
 //! trajectory) of each station next to the truth.
@@ -57,7 +58,6 @@ fn momentum_error(state: &[f32], truth: &[f32], cells: usize) -> f64 {
 }
 
 const FRAMES: usize = 12;
-const GAUGES: usize = 64;
 /// The forecast step drawn by `--png` (0-based: 5 s ahead at 0.5 s per step).
 const AHEAD: usize = 9;
 
@@ -98,7 +98,12 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(on.length_cells),
         ..on
     };
-    let gauges: Vec<(usize, usize)> = random_points(n, GAUGES, 7)?
+    // how many depth gauges, from GAUGES (default 64)
+    let count_gauges: usize = std::env::var("GAUGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let gauges: Vec<(usize, usize)> = random_points(n, count_gauges, 7)?
         .iter()
         .map(|g| (usize::from(g.row), usize::from(g.col)))
         .collect();
@@ -123,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 10.0
     );
     println!(
-        "p, every channel | depth on every cell: balance off, on (true state with its α; momentum error off, on) | {GAUGES} depth gauges (no balance between gauges)"
+        "p, every channel | depth on every cell: balance off, on (true state with its α; momentum error off, on) | {count_gauges} depth gauges (no balance between gauges)"
     );
     for p in &args[2..] {
         let p: f64 = p.parse()?;
@@ -263,7 +268,7 @@ fn main() -> anyhow::Result<()> {
             "every channel",
             "depth only, no balance",
             "depth only, mass balance",
-            "64 depth gauges",
+            "depth gauges",
         ];
         let forecasts: Vec<(&str, &[f32])> = labels
             .iter()

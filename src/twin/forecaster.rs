@@ -738,9 +738,9 @@ impl<B: Backend + Send> Forecaster<B> {
                 v
             }
         };
-        // depth on every cell only: between sparse gauges the increment is the analysis's own
-        // interpolation, and momentum made from it sent rollouts out of range (measured with
-        // 64 gauges, `examples/depth_only.rs`)
+        // depth on every cell only: between sparse gauges the increment is partly the
+        // analysis's own interpolation, and momentum made from it sent rollouts out of range
+        // with 64 or 256 gauges (with 1024 it helped: docs/RESULTS.md)
         if let (Some(b), true, true, None) = (
             &self.balance,
             oi.mass_balance,

@@ -5,7 +5,7 @@
 //! For each regime and simulated trajectory, forecasters are fed the same frames: every channel;
 //! the depth on every cell; the depth at a few gauges (random cells). Each forecast's depth
 //! error (relative L2 over the horizon) is averaged over the forecasts from frames `K..12`. The
-//! balance applies to depth on every cell only (see the forecaster), so the gauges run without.
+//! balance applies between gauges only when they cover the grid (see the forecaster).
 //! The depth-only forecast is also rolled from the true state with its own α, which splits its
 //! error into the part due to the read α and the part due to the analysed state.
 //!
@@ -107,6 +107,12 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|g| (usize::from(g.row), usize::from(g.col)))
         .collect();
+    let coverage =
+        ccm_twin::twin::analysis::Analyser::new(shape.channels, n, &gauges, &gauge_oi)?.coverage();
+    println!(
+        "{count_gauges} gauges: coverage {coverage:.3} (the balance between them needs {})",
+        ccm_twin::twin::analysis::BALANCE_MIN_COVERAGE
+    );
     let mut out = vec![0.0f32; h * fl];
     // what the balance costs per frame
     let ccm_twin::config::SolverConfig::DamBreak(solver) = &family.solver else {
@@ -128,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 10.0
     );
     println!(
-        "p, every channel | depth on every cell: balance off, on (true state with its α; momentum error off, on) | {count_gauges} depth gauges (no balance between gauges)"
+        "p, every channel | depth on every cell: balance off, on (true state with its α; momentum error off, on) | {count_gauges} depth gauges"
     );
     for p in &args[2..] {
         let p: f64 = p.parse()?;

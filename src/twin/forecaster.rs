@@ -18,10 +18,12 @@
 //! compares). A mean-state analysis is too rough to start a prefix from (its error is several
 //! times a model background's): the first readout waits until the window holds none.
 //!
-//! A shallow-water station that measures the depth on every cell but no momentum
+//! A shallow-water station that measures the depth but no momentum
 //! ([`Forecaster::push_partial`]) has its background's momentum corrected from the depth by mass
 //! conservation ([`crate::twin::analysis::MassBalance`]; `OiConfig::mass_balance`): without it a
 //! momentum that started wrong (the anchor's while the first prefix fills) is never corrected.
+//! Sparse gauges get it only when they determine the depth at every cell
+//! ([`crate::twin::analysis::Analyser::coverage`]).
 //!
 //! Gaps: a frame that is more than `reorder_window` sequence numbers ahead of the one awaited
 //! gives up on the missing ones (counted as lost) and restarts the prefix at the earliest frame
@@ -33,7 +35,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::analysis::{Analyser, AnalysisError, MassBalance, OiConfig};
+use super::analysis::{Analyser, AnalysisError, BALANCE_MIN_COVERAGE, MassBalance, OiConfig};
 
 use crate::ccm::prefix::{
     Helper, Observation, PrefixConfig, PrefixError, Prescan, prescan, read_prefix_prescanned,
@@ -738,14 +740,19 @@ impl<B: Backend + Send> Forecaster<B> {
                 v
             }
         };
-        // depth on every cell only: between sparse gauges the increment is partly the
-        // analysis's own interpolation, and momentum made from it sent rollouts out of range
-        // with 64 or 256 gauges (with 1024 it helped: docs/RESULTS.md)
-        if let (Some(b), true, true, None) = (
+        // sparse sensors only where they determine the depth at every cell: elsewhere the
+        // increment is partly the analysis's own interpolation, and momentum made from it sent
+        // rollouts out of range (docs/RESULTS.md)
+        let determined = points.is_none()
+            || self
+                .analyser
+                .as_ref()
+                .is_some_and(|(_, a)| a.coverage() >= BALANCE_MIN_COVERAGE);
+        if let (Some(b), true, true, true) = (
             &self.balance,
             oi.mass_balance,
             kind != Background::MeanState,
-            points,
+            determined,
         ) {
             let dt = lead as f64 * self.frame_dt_us as f64 * 1e-6;
             b.apply(measured, &mut values, &self.background_buf, cells, dt)

@@ -94,9 +94,10 @@ pub struct AnalysisConfig {
     pub length_cells: f64,
     /// Sensor error variance over background error variance (> 0; small: trust the sensors).
     pub obs_to_background: f64,
-    /// Shallow water: when a station measures the depth on every cell and neither momentum
-    /// component, correct the background's momentum from the depth by mass conservation (default
-    /// on; [`crate::twin::analysis::MassBalance`]). Other families have no balance to apply.
+    /// Shallow water: when a station measures the depth and neither momentum component, correct
+    /// the background's momentum from the depth by mass conservation (default on;
+    /// [`crate::twin::analysis::MassBalance`]); sparse gauges only when they cover the grid
+    /// ([`crate::twin::analysis::Analyser::coverage`]). Other families have no balance.
     pub mass_balance: bool,
 }
 

@@ -251,6 +251,21 @@ async fn a_depth_gauge_station_is_served_with_its_momentum_from_the_mass_balance
     let (e, e_anchor_truth) = s.mean_errors().unwrap();
     eprintln!("mean forecast error {e:.4}, the anchor's from the true fields {e_anchor_truth:.4}");
     assert!(e < e_anchor_truth, "{e:.4} vs {e_anchor_truth:.4}");
+
+    // a few depth gauges do not cover the grid: the demo says their momentum goes uncorrected,
+    // and every frame from the 5th on is still forecast
+    opts.sensors = Some(64);
+    let mut lines = Vec::new();
+    let s = run(opts.clone(), &mut |line| lines.push(line))
+        .await
+        .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("momentum not corrected") && l.contains("coverage 0.00")),
+        "{lines:?}"
+    );
+    assert_eq!(s.forecasts.len(), opts.frames - 4);
 }
 
 #[test]

@@ -261,16 +261,34 @@ pub async fn run(opts: DemoOptions, say: &mut dyn FnMut(String)) -> anyhow::Resu
             && names.iter().any(|n| n == "h")
             && unobserved("hu")
             && unobserved("hv");
+        // between sparse sensors the balance needs them to cover the grid
+        let coverage = match sim.points() {
+            Some(points) if balanced => {
+                let cells: Vec<(usize, usize)> = points
+                    .iter()
+                    .map(|g| (usize::from(g.row), usize::from(g.col)))
+                    .collect();
+                let oi = super::serve::AnalysisConfig::default().oi(opts.family);
+                super::analysis::Analyser::new(1, family_cfg.grid.n, &cells, &oi)
+                    .ok()
+                    .map(|a| a.coverage())
+            }
+            _ => None,
+        };
+        let min = super::analysis::BALANCE_MIN_COVERAGE;
+        let balance = match (balanced, coverage) {
+            (false, _) => String::new(),
+            (true, Some(c)) if c < min => format!(
+                ", its momentum not corrected: the sensors' coverage {c:.2} is below the {min} \
+                 the mass balance needs"
+            ),
+            (true, _) => ", the momentum corrected from the depth by mass balance".into(),
+        };
         say(format!(
-            "the station measures {} only; the runtime takes {} from its background{} (the \
-             anchor below starts from the true whole field)",
+            "the station measures {} only; the runtime takes {} from its background{balance} \
+             (the anchor below starts from the true whole field)",
             names.join(", "),
             mapping.unobserved.join(", "),
-            if balanced {
-                ", the momentum corrected from the depth by mass balance"
-            } else {
-                ""
-            }
         ));
     }
     let mut frames = Vec::new();

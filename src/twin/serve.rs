@@ -101,6 +101,18 @@ pub struct AnalysisConfig {
     pub mass_balance: bool,
 }
 
+impl AnalysisConfig {
+    /// The analysis's settings for a station of `family` (distances wrap on a periodic domain).
+    pub fn oi(&self, family: crate::config::Family) -> super::analysis::OiConfig {
+        super::analysis::OiConfig {
+            length_cells: self.length_cells,
+            obs_to_background: self.obs_to_background,
+            periodic: family.periodic(),
+            mass_balance: self.mass_balance,
+        }
+    }
+}
+
 impl Default for AnalysisConfig {
     fn default() -> Self {
         let d = super::analysis::OiConfig::default();
@@ -610,12 +622,7 @@ pub async fn serve(
         reason: e.to_string(),
     })?;
     let family_cfg = crate::config::FamilyConfig::builtin(cfg.station.family);
-    let oi = super::analysis::OiConfig {
-        length_cells: cfg.analysis.length_cells,
-        obs_to_background: cfg.analysis.obs_to_background,
-        periodic: cfg.station.family.periodic(),
-        mass_balance: cfg.analysis.mass_balance,
-    };
+    let oi = cfg.analysis.oi(cfg.station.family);
     let channel_names: Vec<String> = family_cfg
         .channels()
         .iter()

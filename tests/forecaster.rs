@@ -35,6 +35,56 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The same reservoir (seed 21) under smooth and then rough bed friction: frames `0..K` from
+/// n = 0.0125, frames `K..3K` from n = 0.1, as if the flood reached a vegetated floodplain.
+fn regime_change() -> (FamilyConfig, Vec<f32>) {
+    let (cfg, smooth) = truth(P_OOD, 21);
+    let (_, rough) = truth(0.1, 21);
+    let split = cfg.time.prefix * 3 * cfg.grid.n * cfg.grid.n;
+    let frames = [&smooth[..split], &rough[split..]].concat();
+    (cfg, frames)
+}
+
+/// The depth error (channel 0, relative L2) of a forecast from frame `s` of `frames`, over the
+/// steps the trajectory covers.
+fn depth_error(cfg: &FamilyConfig, frames: &[f32], forecast: &[f32], s: usize) -> f64 {
+    let cells = cfg.grid.n * cfg.grid.n;
+    let fl = 3 * cells;
+    let steps = cfg.time.frames - 1 - s;
+    let pick = |v: &[f32]| -> Vec<f32> {
+        v.chunks(fl)
+            .take(steps)
+            .flat_map(|f| f[..cells].to_vec())
+            .collect()
+    };
+    rel_l2(&pick(forecast), &pick(&frames[(s + 1) * fl..]))
+}
+
+/// A forecaster on the native runtime, and the analysis settings with the mass balance on
+/// (the default) and off.
+fn native_with_balance_on_off(
+    models: &FamilyModels,
+) -> (
+    impl Fn() -> Forecaster<Box<dyn Backend + Send>> + '_,
+    ccm_twin::twin::analysis::OiConfig,
+    ccm_twin::twin::analysis::OiConfig,
+) {
+    use ccm_twin::infer::{OrtOptions, Runtime};
+    let opts = ForecasterOptions::for_bundle(models, ReadoutMode::Prefix);
+    let mk = move || {
+        let backend = models
+            .backend(Runtime::Native, &OrtOptions::default())
+            .unwrap();
+        Forecaster::new(models, backend, opts.clone()).unwrap()
+    };
+    let on = ccm_twin::twin::analysis::OiConfig::default();
+    let off = ccm_twin::twin::analysis::OiConfig {
+        mass_balance: false,
+        ..on
+    };
+    (mk, on, off)
+}
+
 #[test]
 fn prefix_then_forecast_beats_the_anchor_out_of_distribution() {
     let (cfg, frames) = truth(P_OOD, 11);
@@ -244,17 +294,13 @@ fn gap_policy_fill_keeps_the_window_with_forecast_frames() {
 
 #[test]
 fn a_regime_change_mid_stream_is_read_again() {
-    // the same reservoir (same seed) under smooth and then rough bed friction: frames 0–3 from
-    // n = 0.0125, frames 4–11 from n = 0.1 — as if the flood reached a vegetated floodplain
-    let (cfg, smooth) = truth(P_OOD, 21);
-    let (_, rough) = truth(0.1, 21);
+    let (cfg, frames) = regime_change();
     let fl = 3 * cfg.grid.n * cfg.grid.n;
     let k = cfg.time.prefix;
     let (_, mut f) = setup(ReadoutMode::Prefix);
     let mut alphas = Vec::new();
     for s in 0..3 * k {
-        let src = if s < k { &smooth } else { &rough };
-        let progress = f.push(s as u32, 0, &src[s * fl..(s + 1) * fl]).unwrap();
+        let progress = f.push(s as u32, 0, &frames[s * fl..(s + 1) * fl]).unwrap();
         if let Progress::Forecast(v) = progress
             && v.new_readout
         {
@@ -643,8 +689,7 @@ fn the_first_step_is_handed_over_before_the_rest_of_the_horizon() {
 /// prepares makes.
 #[test]
 fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
-    let (cfg, smooth) = truth(P_OOD, 21);
-    let (_, rough) = truth(0.1, 21);
+    let (cfg, frames) = regime_change();
     let fl = 3 * cfg.grid.n * cfg.grid.n;
     let k = cfg.time.prefix;
     let (_, mut plain) = setup(ReadoutMode::Prefix);
@@ -652,8 +697,7 @@ fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
     let mut reads = (Vec::new(), Vec::new());
     let mut scans_before = Vec::new();
     for s in 0..3 * k {
-        let src = if s < k { &smooth } else { &rough };
-        let frame = &src[s * fl..(s + 1) * fl];
+        let frame = &frames[s * fl..(s + 1) * fl];
         if let Progress::Forecast(v) = plain.push(s as u32, 0, frame).unwrap()
             && v.new_readout
         {
@@ -686,8 +730,7 @@ fn a_drift_seen_early_has_its_scan_rolled_between_frames() {
 /// never prepares makes.
 #[test]
 fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
-    let (cfg, smooth) = truth(P_OOD, 21);
-    let (_, rough) = truth(0.1, 21);
+    let (cfg, frames) = regime_change();
     let fl = 3 * cfg.grid.n * cfg.grid.n;
     let k = cfg.time.prefix;
     let (models, mut plain) = setup(ReadoutMode::Prefix);
@@ -703,8 +746,7 @@ fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
     let mut merged = line.buffer();
     let (mut failed, mut forecasts) = (0, 0);
     for s in 0..3 * k {
-        let src = if s < k { &smooth } else { &rough };
-        let frame = &src[s * fl..(s + 1) * fl];
+        let frame = &frames[s * fl..(s + 1) * fl];
         let expected = match plain.push(s as u32, 0, frame).unwrap() {
             Progress::Forecast(v) => Some(v.frames.to_vec()),
             _ => None,
@@ -739,35 +781,13 @@ fn a_failed_redeployment_after_a_scan_is_made_good_before_the_next_forecast() {
 /// every channel; without it, it does not.
 #[test]
 fn a_depth_only_station_gets_its_momentum_from_the_mass_balance() {
-    use ccm_twin::infer::{OrtOptions, Runtime};
-    use ccm_twin::twin::analysis::OiConfig;
     let (cfg, frames) = truth(P_OOD, 11);
     let cells = cfg.grid.n * cfg.grid.n;
     let fl = 3 * cells;
     let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
-    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
-    let mk = || {
-        let backend = models
-            .backend(Runtime::Native, &OrtOptions::default())
-            .unwrap();
-        Forecaster::new(&models, backend, opts.clone()).unwrap()
-    };
-    let on = OiConfig::default();
+    let (mk, on, off) = native_with_balance_on_off(&models);
     assert!(on.mass_balance, "on by default");
-    let off = OiConfig {
-        mass_balance: false,
-        ..on
-    };
-    let depth_error = |forecast: &[f32], s: usize| {
-        let steps = cfg.time.frames - 1 - s;
-        let pick = |v: &[f32]| -> Vec<f32> {
-            v.chunks(fl)
-                .take(steps)
-                .flat_map(|f| f[..cells].to_vec())
-                .collect()
-        };
-        rel_l2(&pick(forecast), &pick(&frames[(s + 1) * fl..]))
-    };
+    let depth_error = |forecast: &[f32], s: usize| depth_error(&cfg, &frames, forecast, s);
     let (mut every, mut without, mut with) = (mk(), mk(), mk());
     // per forecaster: depth errors of the forecasts from frames K.. (the depth-only stations'
     // first prefix starts after the mean-state frame 0), momentum errors of the analysed states
@@ -826,24 +846,15 @@ fn a_depth_only_station_gets_its_momentum_from_the_mass_balance() {
 /// converging flows).
 #[test]
 fn depth_gauges_get_the_mass_balance_only_where_they_cover_the_grid() {
-    use ccm_twin::infer::{OrtOptions, Runtime};
     use ccm_twin::twin::analysis::{Analyser, BALANCE_MIN_COVERAGE, OiConfig};
     let (cfg, frames) = truth(P_OOD, 11);
     let n = cfg.grid.n;
     let cells = n * n;
     let fl = 3 * cells;
     let models = FamilyModels::load(Path::new("models/dam_break")).unwrap();
-    let opts = ForecasterOptions::for_bundle(&models, ReadoutMode::Prefix);
-    let on = OiConfig::default();
-    let off = OiConfig {
-        mass_balance: false,
-        ..on
-    };
+    let (mk, on, off) = native_with_balance_on_off(&models);
     let run = |points: &[(usize, usize)], oi: &OiConfig| -> Vec<(usize, f64, Vec<f32>)> {
-        let backend = models
-            .backend(Runtime::Native, &OrtOptions::default())
-            .unwrap();
-        let mut f = Forecaster::new(&models, backend, opts.clone()).unwrap();
+        let mut f = mk();
         let mut out = Vec::new();
         for s in 0..10 {
             let frame = &frames[s * fl..(s + 1) * fl];
@@ -852,14 +863,7 @@ fn depth_gauges_get_the_mass_balance_only_where_they_cover_the_grid() {
                 .push_partial(s as u32, s as u64 * 500_000, Some(points), &[0], &depth, oi)
                 .unwrap()
             {
-                let steps = cfg.time.frames - 1 - s;
-                let pick = |v: &[f32]| -> Vec<f32> {
-                    v.chunks(fl)
-                        .take(steps)
-                        .flat_map(|f| f[..cells].to_vec())
-                        .collect()
-                };
-                let e = rel_l2(&pick(v.frames), &pick(&frames[(s + 1) * fl..]));
+                let e = depth_error(&cfg, &frames, v.frames, s);
                 out.push((s, e, v.frames.to_vec()));
             }
         }

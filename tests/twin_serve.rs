@@ -55,11 +55,29 @@ fn best_alpha_in_hindsight(opts: &DemoOptions) -> (f64, f64) {
         .unwrap()
 }
 
-async fn station_to_forecast(addr: SocketAddr) {
+/// The dam-break demo sending `frames` frames 100 ms apart to the broker at `addr`.
+fn demo_opts(addr: SocketAddr, frames: usize) -> DemoOptions {
     let mut opts = DemoOptions::new(Family::DamBreak);
-    opts.frames = 8;
+    opts.frames = frames;
     opts.frame_interval = Duration::from_millis(100);
     opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    opts
+}
+
+/// Runs the demo, echoing its lines; returns its summary and the lines.
+async fn run_logged(opts: &DemoOptions) -> (ccm_twin::twin::demo::DemoSummary, Vec<String>) {
+    let mut lines = Vec::new();
+    let s = run(opts.clone(), &mut |line| {
+        eprintln!("{line}");
+        lines.push(line)
+    })
+    .await
+    .unwrap();
+    (s, lines)
+}
+
+async fn station_to_forecast(addr: SocketAddr) {
+    let opts = demo_opts(addr, 8);
     let mut sub = Subscriber::connect(addr, "ccm/demo-dam-break/+", None).await;
     let s = run(opts.clone(), &mut |line| eprintln!("{line}"))
         .await
@@ -154,21 +172,12 @@ async fn a_sparse_station_is_served_through_the_analysis() {
     let broker = ccm_twin::twin::broker::EmbeddedBroker::start(0).unwrap();
     let addr = broker.addr();
     let n = FamilyConfig::builtin(Family::DamBreak).grid.n;
-    let mut opts = DemoOptions::new(Family::DamBreak);
-    opts.frames = 10;
-    opts.frame_interval = Duration::from_millis(100);
-    opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    let mut opts = demo_opts(addr, 10);
     let dense = run(opts.clone(), &mut |_| {}).await.unwrap();
     opts.sensors = Some(n * n / 16);
     let fewer = run(opts.clone(), &mut |_| {}).await.unwrap();
     opts.sensors = Some(n * n / 4);
-    let mut lines = Vec::new();
-    let sparse = run(opts.clone(), &mut |line| {
-        eprintln!("{line}");
-        lines.push(line)
-    })
-    .await
-    .unwrap();
+    let (sparse, lines) = run_logged(&opts).await;
     assert_eq!(
         sparse.forecasts.len(),
         opts.frames - 4,
@@ -224,18 +233,9 @@ async fn a_sparse_station_is_served_through_the_analysis() {
 async fn a_depth_gauge_station_is_served_with_its_momentum_from_the_mass_balance() {
     let broker = ccm_twin::twin::broker::EmbeddedBroker::start(0).unwrap();
     let addr = broker.addr();
-    let mut opts = DemoOptions::new(Family::DamBreak);
-    opts.frames = 10;
-    opts.frame_interval = Duration::from_millis(100);
-    opts.broker = Some(BrokerAddress::new(addr.ip().to_string(), addr.port()));
+    let mut opts = demo_opts(addr, 10);
     opts.channels = Some(vec!["h".into()]);
-    let mut lines = Vec::new();
-    let s = run(opts.clone(), &mut |line| {
-        eprintln!("{line}");
-        lines.push(line)
-    })
-    .await
-    .unwrap();
+    let (s, lines) = run_logged(&opts).await;
     assert!(
         lines
             .iter()
@@ -255,10 +255,7 @@ async fn a_depth_gauge_station_is_served_with_its_momentum_from_the_mass_balance
     // a few depth gauges do not cover the grid: the demo says their momentum goes uncorrected,
     // and every frame from the 5th on is still forecast
     opts.sensors = Some(64);
-    let mut lines = Vec::new();
-    let s = run(opts.clone(), &mut |line| lines.push(line))
-        .await
-        .unwrap();
+    let (s, lines) = run_logged(&opts).await;
     assert!(
         lines
             .iter()
